@@ -1,0 +1,98 @@
+"""Boundary checks. Every message names the argument, what was expected and what came."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_dtype(name: str, dtype: Any) -> np.dtype:
+    """Return ``dtype`` as a NumPy float dtype, or raise naming ``name``."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"{name}: expected float32 or float64, got {dtype!r}") from exc
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected float32 or float64, got {dt}")
+    return dt
+
+
+def check_float_array(name: str, x: Any, ndim: int | Sequence[int] | None = None,
+                      dtype: Any = None) -> np.ndarray:
+    """Check that ``x`` is a real floating array of the given rank; return it unchanged.
+
+    Integer or boolean arrays are refused rather than silently cast, so that a caller
+    passing labels where images belong learns of it.
+    """
+    xp_type = type(x).__module__.split(".")[0]
+    if xp_type not in ("numpy", "cupy"):
+        x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {x.dtype}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected float32 or float64, got {x.dtype}")
+    if dtype is not None and x.dtype != np.dtype(dtype):
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {x.dtype}")
+    if ndim is not None:
+        ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in ranks:
+            want = " or ".join(str(r) for r in ranks)
+            raise ValueError(f"{name}: expected a {want}-dimensional array, got shape {x.shape}")
+    return x
+
+
+def check_finite(name: str, x: Any) -> None:
+    """Raise if ``x`` holds NaN or Inf, saying how many and where the first one is."""
+    mod = type(x).__module__.split(".")[0]
+    xp = np if mod == "numpy" else __import__(mod)
+    bad = ~xp.isfinite(x)
+    n_bad = int(bad.sum())
+    if n_bad:
+        first = tuple(int(i) for i in np.unravel_index(int(xp.argmax(bad.ravel())), x.shape))
+        raise ValueError(f"{name}: expected finite values, got {n_bad} NaN/Inf entries "
+                         f"(first at index {first})")
+
+
+def check_shape(name: str, x: Any, shape: Sequence[int | None]) -> None:
+    """Check ``x.shape`` against ``shape``, where ``None`` matches any length."""
+    ok = len(x.shape) == len(shape) and all(s is None or s == t for s, t in zip(shape, x.shape))
+    if not ok:
+        want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name}: expected shape {want}, got {tuple(x.shape)}")
+
+
+def check_power_of_two(name: str, n: int) -> None:
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"{name}: expected a power of two, got {n}")
+
+
+def check_labels(name: str, y: Any, n_classes: int, n_samples: int | None = None) -> np.ndarray:
+    """Integer class labels in ``[0, n_classes)``, one per sample."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-dimensional array of labels, got shape {y.shape}")
+    if y.dtype.kind not in "iu":
+        if y.dtype.kind == "f" and y.size and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)
+        else:
+            raise TypeError(f"{name}: expected integer class labels, got dtype {y.dtype}")
+    if n_samples is not None and y.shape[0] != n_samples:
+        raise ValueError(f"{name}: expected {n_samples} labels (one per sample), got {y.shape[0]}")
+    if y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(f"{name}: expected labels in [0, {n_classes}), got values in "
+                         f"[{int(y.min())}, {int(y.max())}]")
+    return y.astype(np.int64, copy=False)
+
+
+def check_positive_int(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+    return int(v)
+
+
+def check_choice(name: str, v: Any, choices: Sequence[Any]) -> Any:
+    if v not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {v!r}")
+    return v

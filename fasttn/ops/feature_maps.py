@@ -1,0 +1,95 @@
+"""Local feature maps: one pixel value in [0, 1] -> a short vector of channels.
+
+All maps are evaluated elementwise, so ``x`` of any shape gives ``x.shape + (r,)``.
+
+``fourier``  sqrt(2) cos(2 pi k x), sqrt(2) sin(2 pi k x), k = 1..n   (q-CNN eq. 19; r = 2n)
+``legendre`` sqrt(2k+1) P_k(2x - 1), k = 1..r                        (orthonormal on [0, 1])
+``cos_sin``  cos(pi x / 2), sin(pi x / 2)                             (Stoudenmire-Schwab / Liu et al.; r = 2)
+
+With ``constant=True`` the constant function f_0 = 1 is prepended (eq. 19 keeps it; the
+reference q-CNN code leaves it out because the batch-norm shift supplies it).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._validate import check_choice
+
+FEATURE_MAPS = ("fourier", "legendre", "cos_sin")
+
+
+def n_channels(name: str, n_features: int, constant: bool) -> int:
+    """Number of channels the map produces."""
+    check_choice("feature_map", name, FEATURE_MAPS)
+    if name == "fourier" and n_features % 2:
+        raise ValueError(f"n_features: the fourier map needs an even count (cos and sin pairs), "
+                         f"got {n_features}")
+    if name == "cos_sin" and n_features != 2:
+        raise ValueError(f"n_features: the cos_sin map has exactly 2 channels, got {n_features}")
+    return n_features + int(constant)
+
+
+def feature_map(x: Any, name: str = "fourier", n_features: int = 18, constant: bool = False,
+                dtype: Any = None) -> Any:
+    """Embed every pixel of ``x`` with the named local map.
+
+    Parameters
+    ----------
+    x : array, any shape, values in [0, 1]
+    name : {"fourier", "legendre", "cos_sin"}
+    n_features : int
+        Channels before the optional constant (even for ``fourier``; 2 for ``cos_sin``).
+    constant : bool
+        Prepend the constant channel f_0 = 1.
+    dtype : float dtype, optional
+        Output dtype (default: that of ``x``).
+
+    Returns
+    -------
+    phi : array, shape ``x.shape + (n_features + constant,)``
+    """
+    from ..backend import array_module
+
+    xp = array_module(x)
+    n_channels(name, n_features, constant)
+    dtype = np.dtype(dtype or x.dtype)
+    out = xp.empty(x.shape + (n_features + int(constant),), dtype=dtype)
+    base = 0
+    if constant:
+        out[..., 0] = 1
+        base = 1
+    if name == "fourier":
+        k = xp.arange(1, n_features // 2 + 1, dtype=dtype)
+        ang = (2 * np.pi) * x[..., None].astype(dtype) * k
+        out[..., base::2] = np.sqrt(2) * xp.cos(ang)
+        out[..., base + 1::2] = np.sqrt(2) * xp.sin(ang)
+    elif name == "legendre":
+        t = 2 * x.astype(dtype) - 1
+        p_prev, p = xp.ones_like(t), t
+        for k in range(1, n_features + 1):  # Bonnet recursion: (k+1) P_{k+1} = (2k+1) t P_k - k P_{k-1}
+            out[..., base + k - 1] = np.sqrt(2 * k + 1) * p
+            p_prev, p = p, ((2 * k + 1) * t * p - k * p_prev) / (k + 1)
+    else:
+        ang = (np.pi / 2) * x.astype(dtype)
+        out[..., base] = xp.cos(ang)
+        out[..., base + 1] = xp.sin(ang)
+    return out
+
+
+def gram_matrix(name: str, n_features: int, constant: bool, with_constant_channel: bool = True,
+                n_nodes: int = 256) -> np.ndarray:
+    """Inner products of the map's channel functions over [0, 1] (float64).
+
+    ``K[i, j] = integral_0^1 f_i(x) f_j(x) dx`` by Gauss-Legendre quadrature, exact for the
+    polynomial maps and accurate to machine precision for the trigonometric ones at the
+    frequencies used here. With ``with_constant_channel`` an extra constant channel is appended
+    last (the batch-norm shift of the tensor description, q-CNN eqs. 11-13).
+    """
+    nodes, weights = np.polynomial.legendre.leggauss(n_nodes)
+    x = (nodes + 1) / 2
+    f = feature_map(x, name, n_features, constant, dtype=np.float64)
+    if with_constant_channel:
+        f = np.concatenate([f, np.ones((x.size, 1))], axis=1)
+    return (f * (weights / 2)[:, None]).T @ f

@@ -99,10 +99,10 @@ def _log_bn_backward(la, sg, ha, c, log_std, mean_std, log_w, sign_g, g_la, n_ch
         for r in range(t * step, min(n, (t + 1) * step)):
             ec = math.exp(-c[r])
             for i in range(d):
-                e = sg[r, i] * math.exp(la[r, i] - log_std[i])
-                d_zp = ha[r, i] * ec
-                part[t, 0, i] += d_zp
-                part[t, 1, i] += d_zp * (e - mean_std[i])
+                # x_hat * exp(-c), never x_hat alone: it can be far out of range
+                e = sg[r, i] * math.exp(la[r, i] - log_std[i] - c[r])
+                part[t, 0, i] += ha[r, i] * ec
+                part[t, 1, i] += ha[r, i] * (e - mean_std[i] * ec)
                 g_la[r, i] = sign_g[i] * sg[r, i] * math.exp(la[r, i] + log_w[i] - c[r]) * ha[r, i]
     return part.sum(axis=0)
 

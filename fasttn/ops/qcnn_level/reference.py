@@ -123,12 +123,14 @@ def qcnn_level_log_backward(saved, g_out):
     g_weight = np.einsum("bsj,bsi->ji", h, zp_hat)        # exp(c) factors cancel
     ha = h @ weight                                       # exp(c) * dL/dz'
     d_zp = ha * np.exp(-c)
-    x_hat = sign * np.exp(logabs - log_std) - mean_std
     g_beta = d_zp.sum(axis=(0, 1))
-    g_gamma = np.sum(d_zp * x_hat, axis=(0, 1))
+    # d_zp * x_hat with the exp(-c) taken inside, so a huge x_hat never meets a tiny d_zp
+    x_hat_shift = sign * np.exp(logabs - log_std - c) - mean_std * np.exp(-c)
+    g_gamma = np.sum(ha * x_hat_shift, axis=(0, 1))
     wx_shift = np.sign(gamma) * sign * np.exp(logabs + log_w - c)   # w * x * exp(-c)
     g_logabs = wx_shift * ha
-    if training:
+    if training:  # batch-normalised, so x_hat is of order one here
+        x_hat = sign * np.exp(logabs - log_std) - mean_std
         n = logabs.shape[0] * logabs.shape[1]
         g_logabs = g_logabs - gamma * (x_hat + mean_std) * (g_beta + x_hat * g_gamma) / n
     return g_logabs, g_weight, g_gamma, g_beta

@@ -1,0 +1,107 @@
+"""Figures written as PNG files. matplotlib (the ``plot`` extra) is imported inside functions
+only, through its object API and the Agg canvas, so no global backend is changed."""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def _require_matplotlib():
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Rectangle
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("saving figures needs matplotlib: pip install 'fasttn[plot]'") from exc
+    return Figure, FigureCanvasAgg, Rectangle
+
+
+def save_sample_grid(images: np.ndarray, labels: Sequence[int] | np.ndarray,
+                     path: str | os.PathLike, *, ncols: int | None = None,
+                     label_names: Mapping[int, str] | None = None,
+                     boxes: np.ndarray | None = None, title: str | None = None,
+                     panel_px: int | None = None, dpi: int = 100, cmap: str = "gray") -> Path:
+    """Write a PNG grid of grey-scale images, each titled with its label.
+
+    Parameters
+    ----------
+    images : (n, H, W) float (shown on [0, 1] when the values lie there) or uint8.
+    labels : (n,) integer labels, printed above each panel.
+    path : the ``.png`` file to write; written to a temporary file and renamed into place.
+    ncols : panels per row; default ``ceil(sqrt(n))``.
+    label_names : text for each label value, e.g. ``{1: "3 present", 0: "no 3"}``.
+    boxes : (n, 4) ``(row, col, height, width)`` to outline in red (e.g. the needle of a
+        NeedleMNIST image, which is otherwise hard to spot among the noise digits); rows with
+        a negative height are skipped.
+    title : figure title.
+    panel_px : side of each panel in pixels; default the image side, kept within 160..512.
+    dpi : resolution of the PNG.
+    cmap : matplotlib colour map.
+
+    Returns
+    -------
+    The path written.
+    """
+    Figure, FigureCanvasAgg, Rectangle = _require_matplotlib()
+    images = np.asarray(images)
+    if images.ndim != 3 or images.shape[0] == 0:
+        raise ValueError(f"images: expected a non-empty stack of shape (n, H, W), got "
+                         f"{images.shape}")
+    labels = np.asarray(labels)
+    if labels.shape != (len(images),):
+        raise ValueError(f"labels: expected shape ({len(images)},), got {labels.shape}")
+    if boxes is not None:
+        boxes = np.asarray(boxes)
+        if boxes.shape != (len(images), 4):
+            raise ValueError(f"boxes: expected shape ({len(images)}, 4), got {boxes.shape}")
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"path: expected a .png file name, got {str(path)!r}")
+    n, height, width = images.shape
+    ncols = max(1, min(n, ncols or math.ceil(math.sqrt(n))))
+    nrows = math.ceil(n / ncols)
+    panel = panel_px or int(np.clip(max(height, width), 160, 512))
+    title_px = max(14, panel // 10)
+    fig_w = ncols * panel / dpi
+    fig_h = (nrows * (panel + title_px) + (2 * title_px if title else 0)) / dpi
+    fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
+    FigureCanvasAgg(fig)
+    if images.dtype == np.uint8:
+        vmin, vmax = 0, 255
+    elif images.size and images.min() >= 0 and images.max() <= 1:
+        vmin, vmax = 0.0, 1.0
+    else:
+        vmin, vmax = None, None
+    fontsize = max(7, title_px * 0.55 * 72 / dpi)
+    top = 1 - (2 * title_px / (fig_h * dpi) if title else 0)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=top - 0.005, wspace=0.04,
+                        hspace=title_px / panel + 0.04)
+    for k in range(nrows * ncols):
+        ax = fig.add_subplot(nrows, ncols, k + 1)
+        ax.set_axis_off()
+        if k >= n:
+            continue
+        ax.imshow(images[k], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="antialiased")
+        label = int(labels[k])
+        text = label_names.get(label, str(label)) if label_names else f"label {label}"
+        ax.set_title(text, fontsize=fontsize, pad=2)
+        if boxes is not None and boxes[k, 2] > 0:
+            r, c, h, w = (float(v) for v in boxes[k])
+            ax.add_patch(Rectangle((c - 1.5, r - 1.5), w + 2, h + 2, fill=False,
+                                   edgecolor="red", linewidth=max(1.0, panel / 256)))
+    if title:
+        fig.suptitle(title, fontsize=fontsize * 1.2)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

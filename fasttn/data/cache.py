@@ -1,0 +1,211 @@
+"""On-disk NeedleMNIST cache: uint8 ``.npy`` images read back memory-mapped.
+
+A cache directory holds ``images.npy`` (n, S, S) uint8 (intensity x 255, rounded: lossless for
+8-bit sources such as MNIST), ``labels.npy`` (n,) int64, ``needle_boxes.npy`` (n, 4) int64
+``(row, col, height, width)`` of each needle (-1 for negatives) and ``metadata.json``. It is
+written into a temporary sibling directory and renamed into place, so a directory with the
+final name is always complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DatasetError, DatasetNotFoundError
+from .needle import NeedleMNIST, needle_mnist
+from .stream import BatchedDataset
+from .._validate import check_positive_int
+
+FORMAT = "fasttn-needle-cache/1"
+_FILES = ("images.npy", "labels.npy", "needle_boxes.npy", "metadata.json")
+
+
+def _write_images(path: Path, dataset: NeedleMNIST, batch_size: int, progress: bool | None
+                  ) -> None:
+    """Stream the images to ``path`` batch by batch (plain writes, so memory stays bounded)."""
+    from tqdm.auto import tqdm  # lazy: only writers need a progress bar
+
+    n, size = len(dataset), dataset.size
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "|u1", "fortran_order": False, "shape": (n, size, size)})
+        bar = tqdm(total=n, unit="img", desc=f"needle {size}x{size}",
+                   disable=(not progress) if progress is not None else None)
+        with bar:
+            for X, _ in dataset.batches(batch_size, prefetch=2):
+                f.write(np.rint(X * 255.0).astype(np.uint8).tobytes())
+                bar.update(len(X))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_needle_dataset(out_dir: str | os.PathLike, dataset: NeedleMNIST | None = None, *,
+                         overwrite: bool = False, batch_size: int = 32,
+                         progress: bool | None = None, **needle_kwargs: Any) -> Path:
+    """Generate a NeedleMNIST dataset and store it as a memory-mappable cache, atomically.
+
+    Parameters
+    ----------
+    out_dir : the directory to create. Its parent must exist.
+    dataset : the dataset to store; otherwise built by ``needle_mnist(**needle_kwargs)``
+        (``size``, ``count``, ``split``, ``seed``, ``source``, ``target``, ...).
+    overwrite : replace an existing ``out_dir`` (the old one is removed only after the new
+        one is complete).
+    batch_size : images generated per batch while writing.
+    progress : show a tqdm bar (None: only on a terminal).
+
+    Returns
+    -------
+    The path of the written directory. Read it with :func:`load_needle_dataset`.
+
+    Raises
+    ------
+    FileExistsError
+        ``out_dir`` exists and ``overwrite`` is False.
+    """
+    out_dir = Path(out_dir)
+    if dataset is None:
+        dataset = needle_mnist(**needle_kwargs)
+    elif needle_kwargs:
+        raise TypeError(f"pass either dataset or needle_mnist arguments, not both (got "
+                        f"{sorted(needle_kwargs)})")
+    batch_size = check_positive_int("batch_size", batch_size)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"out_dir: {out_dir} already exists; choose another directory or "
+                              f"overwrite it (overwrite=True, --overwrite)")
+    if not out_dir.parent.is_dir():
+        raise FileNotFoundError(f"out_dir: the parent directory {out_dir.parent} does not exist")
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        _write_images(tmp / "images.npy", dataset, batch_size, progress)
+        np.save(tmp / "labels.npy", dataset.labels)
+        np.save(tmp / "needle_boxes.npy", dataset.needle_boxes())
+        meta = {"format": FORMAT, **dataset.metadata()}
+        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if out_dir.exists():
+            # keep the old copy until the new one is in place
+            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+            os.replace(out_dir, old / out_dir.name)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+class NeedleDataset(BatchedDataset):
+    """A NeedleMNIST cache read back from disk (see :func:`load_needle_dataset`).
+
+    Attributes
+    ----------
+    images : (n, S, S) uint8 read-only memory map (intensity x 255).
+    labels : (n,) int64.
+    needle_boxes : (n, 4) int64, ``(row, col, height, width)`` of each needle, -1 for negatives.
+    metadata : dict, as written (size, count, split, seed, source, target, o2i, ...).
+    path : the directory.
+    """
+
+    def __init__(self, path: Path, images: np.ndarray, labels: np.ndarray,
+                 needle_boxes: np.ndarray, metadata: dict[str, Any]) -> None:
+        self.path = path
+        self.images = images
+        self.labels = labels
+        self.needle_boxes = needle_boxes
+        self.metadata = metadata
+        self._image_bytes = int(np.prod(images.shape[1:]))
+        self._offset = int(images.offset)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return (f"NeedleDataset({str(self.path)!r}, size={m['size']}, count={len(self)}, "
+                f"split={m['split']!r}, source={m['source']!r}, target={m['target']})")
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def o2i(self) -> float:
+        return float(self.metadata["o2i"])
+
+    @property
+    def noise_digits(self) -> int:
+        return int(self.metadata["noise_digits"])
+
+    def _default_shuffle_seed(self) -> int:
+        return int(self.metadata.get("seed", 0))
+
+    def _batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Read with pread rather than through the memory map: mapped pages would count
+        # towards the process's resident memory for as long as the kernel keeps them.
+        raw = np.empty((len(indices),) + self.images.shape[1:], dtype=np.uint8)
+        flat = raw.reshape(len(indices), -1)
+        fd = os.open(self.path / "images.npy", os.O_RDONLY)
+        try:
+            for k, i in enumerate(indices):
+                got = os.preadv(fd, [flat[k]], self._offset + int(i) * self._image_bytes)
+                if got != self._image_bytes:
+                    raise DatasetError(f"{self.path / 'images.npy'}: truncated at image {i}")
+        finally:
+            os.close(fd)
+        X = raw.astype(np.float32)
+        X *= np.float32(1.0 / 255.0)
+        return X, self.labels[indices]
+
+
+def load_needle_dataset(path: str | os.PathLike) -> NeedleDataset:
+    """Open a cache written by :func:`write_needle_dataset` (images memory-mapped, not read).
+
+    Returns
+    -------
+    NeedleDataset
+        Same interface as :class:`NeedleMNIST`: ``ds[i]``, ``len``, ``arrays``, ``batches``.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        The directory or one of its files is missing.
+    DatasetError
+        A file is unreadable, truncated or inconsistent with the others.
+    """
+    path = Path(path)
+    missing = [name for name in _FILES if not (path / name).is_file()]
+    if missing:
+        raise DatasetNotFoundError(f"{path}: not a NeedleMNIST cache (missing "
+                                   f"{', '.join(missing)}); write one with `fasttn data needle "
+                                   f"--out {path}` or write_needle_dataset()")
+    try:
+        metadata = json.loads((path / "metadata.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path / 'metadata.json'}: unreadable ({exc})") from exc
+    if metadata.get("format") != FORMAT:
+        raise DatasetError(f"{path / 'metadata.json'}: expected format {FORMAT!r}, got "
+                           f"{metadata.get('format')!r}")
+    try:
+        images = np.load(path / "images.npy", mmap_mode="r")
+        labels = np.load(path / "labels.npy")
+        boxes = np.load(path / "needle_boxes.npy")
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: unreadable cache file ({exc})") from exc
+    n, size = metadata["count"], metadata["size"]
+    checks = [("images.npy", images.shape, (n, size, size)), ("labels.npy", labels.shape, (n,)),
+              ("needle_boxes.npy", boxes.shape, (n, 4))]
+    for name, got, want in checks:
+        if tuple(got) != tuple(want):
+            raise DatasetError(f"{path / name}: expected shape {tuple(want)} from metadata.json, "
+                               f"got {tuple(got)}")
+    if images.dtype != np.uint8:
+        raise DatasetError(f"{path / 'images.npy'}: expected uint8, got {images.dtype}")
+    return NeedleDataset(path, images, labels.astype(np.int64), boxes.astype(np.int64), metadata)

@@ -1,0 +1,140 @@
+import numpy as np
+import pytest
+
+from conftest import DTYPES, assert_close, check_gradient
+from fasttn.ops import (qcnn_level, qcnn_level_backward, qcnn_level_forward,
+                        qcnn_level_log_backward, qcnn_level_log_forward)
+from fasttn.ops.qcnn_level import reference as ref
+
+CASES = [(3, 8, 5, 7, 2), (2, 16, 4, 4, 4), (4, 6, 3, 5, 1), (1, 4, 18, 36, 2), (6, 32, 9, 3, 2)]
+
+
+def make(rng, b, s, d_in, d_out, dtype, training):
+    x = rng.standard_normal((b, s, d_in)).astype(dtype) + rng.standard_normal(d_in).astype(dtype)
+    weight = (rng.standard_normal((d_out, d_in)) / np.sqrt(d_in)).astype(dtype)
+    gamma = rng.uniform(0.5, 1.5, d_in).astype(dtype)
+    beta = rng.standard_normal(d_in).astype(dtype)
+    stats = None if training else (rng.standard_normal(d_in), rng.uniform(0.5, 2.0, d_in))
+    return x, weight, gamma, beta, stats
+
+
+def ref_kwargs(stats):
+    return {} if stats is None else {"mean": stats[0], "var": stats[1]}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("b,s,d_in,d_out,window", CASES)
+def test_linear_matches_reference(rng, dtype, training, b, s, d_in, d_out, window):
+    x, w, g, be, stats = make(rng, b, s, d_in, d_out, dtype, training)
+    kw = dict(window=window, eps=1e-5, training=training)
+    out, saved, next_stats = qcnn_level_forward(x, w, g, be, stats=stats, **kw)
+    out_ref, saved_ref = ref.qcnn_level_forward(x, w, g, be, **kw, **ref_kwargs(stats))
+    assert out.dtype == dtype and out.shape == (b, s // window, d_out)
+    assert_close(out, out_ref, dtype, "forward")
+    mean, var = ref.batch_stats(out_ref.astype(np.float64))
+    assert_close(next_stats[0], mean, dtype, "next mean")
+    assert_close(next_stats[1], var, dtype, "next var")
+    g_out = rng.standard_normal(out.shape).astype(dtype)
+    for name, a, r in zip(("g_x", "g_weight", "g_gamma", "g_beta"),
+                          qcnn_level_backward(saved, g_out),
+                          ref.qcnn_level_backward(saved_ref, g_out)):
+        assert a.dtype == dtype
+        assert_close(a, r, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("b,s,d_in,d_out,window", CASES)
+def test_log_matches_reference_and_linear(rng, dtype, training, b, s, d_in, d_out, window):
+    x, w, g, be, stats = make(rng, b, s, d_in, d_out, dtype, training)
+    kw = dict(window=window, eps=1e-5, training=training)
+    la, sg = np.log(np.abs(x)), np.sign(x).astype(np.int8)
+    out_la, out_sg, saved, _ = qcnn_level_log_forward(la, sg, w, g, be, stats=stats, **kw)
+    ref_la, ref_sg, saved_ref = ref.qcnn_level_log_forward(la, sg, w, g, be, **kw,
+                                                           **ref_kwargs(stats))
+    # Compared as values: near a zero of xi the log magnifies rounding, the value does not.
+    assert_close(out_sg * np.exp(out_la), ref_sg * np.exp(ref_la), dtype, "log forward")
+    # A physical log-gradient is dL/dout * out: draw dL/dout, so 1/xi stays well conditioned.
+    g_lin = rng.standard_normal(out_la.shape)
+    out_lin, saved_lin = ref.qcnn_level_forward(x.astype(np.float64),
+                                                *[a.astype(np.float64) for a in (w, g, be)],
+                                                **kw, **ref_kwargs(stats))
+    g_out = (g_lin * out_lin).astype(dtype)
+    grads = qcnn_level_log_backward(saved, g_out)
+    grads_ref = ref.qcnn_level_log_backward(saved_ref, g_out)
+    for name, a, r in zip(("g_logabs", "g_weight", "g_gamma", "g_beta"), grads, grads_ref):
+        assert_close(a, r, dtype, name)
+    # Against the linear domain in float64: same values, and the same gradients once
+    # dL/dlogabs = x dL/dx.
+    assert_close(out_sg * np.exp(out_la.astype(np.float64)), out_lin, dtype, "log vs linear")
+    lin = ref.qcnn_level_backward(saved_lin, g_lin)
+    assert_close(grads[0], lin[0] * x, dtype, "g_logabs vs linear")
+    for name, a, r in zip(("g_weight", "g_gamma", "g_beta"), grads[1:], lin[1:]):
+        assert_close(a, r, dtype, name + " vs linear")
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("b,s,d_in,d_out,window", CASES[:3])
+def test_linear_backward_finite_differences(rng, training, b, s, d_in, d_out, window):
+    x, w, g, be, stats = make(rng, b, s, d_in, d_out, np.float64, training)
+    kw = dict(window=window, eps=1e-5, training=training, stats=stats)
+    out, saved, _ = qcnn_level_forward(x, w, g, be, **kw)
+    r = rng.standard_normal(out.shape)
+    g_x, g_w, g_g, g_b = qcnn_level_backward(saved, r)
+    loss = lambda x_, w_=w, g_=g, b_=be: float(np.sum(r * qcnn_level(x_, w_, g_, b_, **kw)))
+    check_gradient(loss, x, g_x, rng)
+    check_gradient(lambda v: loss(x, w_=v), w, g_w, rng)
+    check_gradient(lambda v: loss(x, g_=v), g, g_g, rng)
+    check_gradient(lambda v: loss(x, b_=v), be, g_b, rng)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("b,s,d_in,d_out,window", CASES[:3])
+def test_log_backward_finite_differences(rng, training, b, s, d_in, d_out, window):
+    x, w, g, be, stats = make(rng, b, s, d_in, d_out, np.float64, training)
+    kw = dict(window=window, eps=1e-5, training=training, stats=stats)
+    la, sg = np.log(np.abs(x)), np.sign(x).astype(np.int8)
+    out_la, out_sg, saved, _ = qcnn_level_log_forward(la, sg, w, g, be, **kw)
+    # Loss on the represented values (smooth, unlike log|out| near a zero): dL/dlogabs_out = r*out
+    r = rng.standard_normal(out_la.shape)
+    g_la, g_w, g_g, g_b = qcnn_level_log_backward(saved, r * out_sg * np.exp(out_la))
+
+    def loss(la_, w_=w, g_=g, b_=be):
+        o_la, o_sg, _, _ = qcnn_level_log_forward(la_, sg, w_, g_, b_, **kw)
+        return float(np.sum(r * o_sg * np.exp(o_la)))
+
+    check_gradient(loss, la, g_la, rng)
+    check_gradient(lambda v: loss(la, w_=v), w, g_w, rng)
+    check_gradient(lambda v: loss(la, g_=v), g, g_g, rng)
+    check_gradient(lambda v: loss(la, b_=v), be, g_b, rng)
+
+
+def test_log_domain_handles_magnitudes_beyond_float_range(rng):
+    # Inputs around 1e+-2000: meaningless in linear float64, ordinary in the log domain.
+    b, s, d = 2, 8, 3
+    x, w, g, be, _ = make(rng, b, s, d, 4, np.float64, True)
+    la = np.log(np.abs(x)) + rng.choice([-4600.0, 4600.0], size=(b, s, 1))
+    sg = np.sign(x).astype(np.int8)
+    stats = (np.zeros(d), np.ones(d))
+    out_la, _, saved, _ = qcnn_level_log_forward(la, sg, w, g, be, window=2, training=False,
+                                                 stats=stats)
+    assert np.isfinite(out_la).all()
+    grads = qcnn_level_log_backward(saved, rng.standard_normal(out_la.shape))
+    assert all(np.isfinite(a).all() for a in grads)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(window=3), "window"),
+    (dict(x_shape=(2, 7, 3)), "divisible"),
+    (dict(w_shape=(4, 2)), "weight"),
+    (dict(training=False), "stats"),
+    (dict(dtype_w=np.float32), "weight"),
+])
+def test_bad_input_is_named(rng, kwargs, match):
+    x = rng.standard_normal(kwargs.get("x_shape", (2, 8, 3)))
+    w = rng.standard_normal(kwargs.get("w_shape", (4, 3))).astype(kwargs.get("dtype_w", np.float64))
+    g, be = np.ones(3), np.zeros(3)
+    with pytest.raises((ValueError, TypeError), match=match):
+        qcnn_level_forward(x, w, g, be, window=kwargs.get("window", 2),
+                           training=kwargs.get("training", True))

@@ -13,7 +13,133 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
 
 # --------------------------------------------------------------------------- data
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
-    pass
+    data = sub.add_parser("data", help="datasets: NeedleMNIST generation, sample grids, downloads",
+                          description="Datasets: generate NeedleMNIST, draw samples, download IDX.")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+
+    needle = data_sub.add_parser(
+        "needle", help="write a NeedleMNIST dataset (memory-mappable cache)",
+        description="Generate NeedleMNIST images (Needles-in-Haystacks protocol) and write them "
+                    "as uint8 .npy + labels + metadata.json into a new directory, atomically.")
+    _add_needle_options(needle, size_required=True)
+    needle.add_argument("--out", required=True, help="directory to create")
+    needle.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    needle.add_argument("--batch-size", type=int, default=32, help="images per generated batch")
+    needle.add_argument("--no-progress", action="store_true", help="no progress bar")
+    needle.set_defaults(func=_cmd_data_needle)
+
+    show = data_sub.add_parser(
+        "show", help="write a PNG grid of samples with their labels",
+        description="Draw the first --n images of a cache directory, or of a dataset generated "
+                    "on the fly from --size and the other generator options, into a PNG. "
+                    "Needles are outlined in red; on large canvases a magnified inset shows them.")
+    show.add_argument("dir", nargs="?", help="a directory written by `fasttn data needle`")
+    _add_needle_options(show, size_required=False)
+    show.add_argument("--out", required=True, help="PNG file to write")
+    show.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
+    show.add_argument("--start", type=int, default=0, help="index of the first sample")
+    show.add_argument("--ncols", type=int, default=None, help="panels per row")
+    show.add_argument("--no-boxes", action="store_true", help="do not outline the needles")
+    show.set_defaults(func=_cmd_data_show)
+
+    download = data_sub.add_parser(
+        "download", help="download MNIST or Fashion-MNIST IDX files (MD5-checked)",
+        description="Download the four IDX files and check them against their published MD5 "
+                    "sums. The loaders search the default target directory.")
+    download.add_argument("name", choices=["mnist", "fashion-mnist"])
+    download.add_argument("--data-dir", default=None,
+                          help="target directory (default ~/.cache/fasttn/NAME)")
+    download.set_defaults(func=_cmd_data_download)
+
+
+def _add_needle_options(parser: argparse.ArgumentParser, size_required: bool) -> None:
+    parser.add_argument("--size", type=int, required=size_required, default=None,
+                        help="canvas side, a multiple of 64 (64, 128, ..., 1024, ...)")
+    parser.add_argument("--count", type=int, default=None,
+                        help="number of images (default: the protocol's 2 x duplicates x "
+                             "targets in the split)")
+    parser.add_argument("--split", default="train", choices=["train", "validation", "test"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--source", default="digits", choices=["digits", "mnist", "fashion"],
+                        help="digit source (default: scikit-learn digits, always available)")
+    parser.add_argument("--target", type=int, default=3, help="class of the needle (default 3)")
+    parser.add_argument("--noise-digits", type=int, default=None,
+                        help="noise digits per positive image (default: the protocol's count)")
+    parser.add_argument("--data-dir", default=None,
+                        help="directory of the MNIST / Fashion-MNIST IDX files "
+                             "(else $FASTTN_DATA_DIR and the system locations)")
+
+
+def _needle_from_args(args: argparse.Namespace):
+    from fasttn.data import needle_mnist
+
+    return needle_mnist(size=args.size, count=args.count, split=args.split, seed=args.seed,
+                        source=args.source, target=args.target, noise_digits=args.noise_digits,
+                        data_dir=args.data_dir)
+
+
+def _cmd_data_needle(args: argparse.Namespace) -> int:
+    from fasttn.data import write_needle_dataset
+
+    ds = _needle_from_args(args)
+    try:
+        out = write_needle_dataset(args.out, ds, overwrite=args.overwrite,
+                                   batch_size=args.batch_size,
+                                   progress=False if args.no_progress else None)
+    except FileExistsError as exc:
+        raise ValueError(str(exc)) from exc
+    meta = ds.metadata()
+    print(f"wrote {len(ds)} images of {ds.size}x{ds.size} ({meta['n_positive']} with the needle "
+          f"'{meta['target_name']}', {meta['n_negative']} without) to {out}; "
+          f"{ds.noise_digits} noise digits per positive, O2I = {ds.o2i:.4%}")
+    return 0
+
+
+def _cmd_data_show(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from fasttn.analysis.plots import save_sample_grid
+    from fasttn.data import load_needle_dataset
+
+    if args.dir is not None:
+        if args.size is not None:
+            raise ValueError("give either a dataset directory or --size, not both")
+        ds = load_needle_dataset(args.dir)
+        boxes_all = ds.needle_boxes
+        meta = ds.metadata
+    elif args.size is not None:
+        ds = _needle_from_args(args)
+        boxes_all = None
+        meta = ds.metadata()
+    else:
+        raise ValueError("show: expected a dataset directory or --size N")
+    if args.n < 1 or not 0 <= args.start < len(ds):
+        raise ValueError(f"--n / --start: expected n >= 1 and 0 <= start < {len(ds)}, got "
+                         f"n={args.n}, start={args.start}")
+    stop = min(len(ds), args.start + args.n)
+    indices = list(range(args.start, stop))
+    samples = [ds[i] for i in indices]
+    images = np.stack([image for image, _ in samples])
+    labels = np.array([label for _, label in samples])
+    boxes = None
+    if not args.no_boxes:
+        boxes = boxes_all[indices] if boxes_all is not None else ds.needle_boxes(indices)
+    name = meta["target_name"]
+    title = (f"NeedleMNIST {meta['size']}x{meta['size']} ({meta['source']}, {meta['split']}): "
+             f"needle '{name}', {meta['noise_digits']} noise digits, O2I {meta['o2i']:.4%}")
+    path = save_sample_grid(images, labels, args.out, ncols=args.ncols,
+                            label_names={1: f"1: {name} present", 0: f"0: no {name}"},
+                            boxes=boxes, title=title)
+    print(f"wrote {len(indices)} samples to {path}")
+    return 0
+
+
+def _cmd_data_download(args: argparse.Namespace) -> int:
+    from fasttn.data import download_dataset
+
+    path = download_dataset(args.name, args.data_dir)
+    print(f"{args.name}: IDX files checked and ready in {path}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

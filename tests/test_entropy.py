@@ -76,7 +76,8 @@ def extended_layers(params):
 def half_tensors(params, window):
     """Coefficients of the half states phi_I over the local basis of each pixel of one half.
 
-    Returns ``(phi : (D_L, D_0 ** (N / 2)), a : (C, D_L))``: ``Psi_y = sum_I a[y, I] phi_I (x) phi_I``.
+    Returns ``(phi : (D_L, D_0 ** (N / 2)), a : (C, D_L))`` with
+    ``Psi_y = sum_I a[y, I] phi_I (x) phi_I``.
     """
     layers, a = extended_layers(params)
     z = np.eye(layers[0].shape[1])  # one pixel: zeta~ = [f(x), 1] in its own basis
@@ -286,8 +287,8 @@ def _bad(mutate, **kw):
     (lambda p: p["running_means"].__setitem__(2, np.ones((4, 1))), {}, r"running_means\[2\]"),
     (lambda p: p["running_vars"].__setitem__(0, -np.ones(2)), {}, r"running_vars\[0\]"),
     (lambda p: p["betas"][1].__setitem__(0, np.nan), {}, r"betas\[1\]"),
-    (lambda p: [p[k].pop(0) for k in list(p)] and [p[k].pop(0) for k in list(p)], {},
-     r"weights"),
+    (lambda p: [p[k].__delitem__(slice(1, None)) for k in p], {}, r"weights"),  # L = 0
+    (lambda p: None, {"eps": "small"}, r"eps"),
     (lambda p: None, {"window": 3}, r"window"),
     (lambda p: None, {"window": True}, r"window"),
     (lambda p: None, {"eps": -1.0}, r"eps"),

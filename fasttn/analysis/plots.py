@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
+import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from ..data.atomic import atomic_file
 
 
 def _require_matplotlib():
@@ -21,11 +23,34 @@ def _require_matplotlib():
     return Figure, FigureCanvasAgg, Rectangle
 
 
+def _add_zoom_inset(ax, image: np.ndarray, box: tuple[int, int, int, int], cmap: str,
+                    vmin, vmax, Rectangle) -> None:
+    """Magnify ``box`` (with a margin of half its size) in an inset in the farthest corner."""
+    r, c, h, w = box
+    height, width = image.shape
+    m = max(h, w) // 2
+    r0, r1 = max(0, r - m), min(height, r + h + m)
+    c0, c1 = max(0, c - m), min(width, c + w + m)
+    x = 0.02 if c + w / 2 > width / 2 else 0.63
+    y = 0.02 if r + h / 2 < height / 2 else 0.63  # inset axes y runs upwards
+    inset = ax.inset_axes([x, y, 0.35, 0.35])
+    inset.imshow(image[r0:r1, c0:c1], cmap=cmap, vmin=vmin, vmax=vmax,
+                 interpolation="nearest", extent=(c0 - 0.5, c1 - 0.5, r1 - 0.5, r0 - 0.5))
+    inset.add_patch(Rectangle((c - 1.5, r - 1.5), w + 2, h + 2, fill=False, edgecolor="red",
+                              linewidth=1.0))
+    inset.set_xticks([])
+    inset.set_yticks([])
+    for spine in inset.spines.values():
+        spine.set_edgecolor("red")
+        spine.set_linewidth(1.5)
+
+
 def save_sample_grid(images: np.ndarray, labels: Sequence[int] | np.ndarray,
                      path: str | os.PathLike, *, ncols: int | None = None,
                      label_names: Mapping[int, str] | None = None,
                      boxes: np.ndarray | None = None, title: str | None = None,
-                     panel_px: int | None = None, dpi: int = 100, cmap: str = "gray") -> Path:
+                     panel_px: int | None = None, dpi: int = 100, cmap: str = "gray",
+                     zoom: bool = True) -> Path:
     """Write a PNG grid of grey-scale images, each titled with its label.
 
     Parameters
@@ -42,6 +67,8 @@ def save_sample_grid(images: np.ndarray, labels: Sequence[int] | np.ndarray,
     panel_px : side of each panel in pixels; default the image side, kept within 160..512.
     dpi : resolution of the PNG.
     cmap : matplotlib colour map.
+    zoom : on large canvases (side >= 6 boxes), also show each boxed region magnified in an
+        inset placed in the corner farthest from it, so the needle can be seen at all.
 
     Returns
     -------
@@ -68,7 +95,13 @@ def save_sample_grid(images: np.ndarray, labels: Sequence[int] | np.ndarray,
     panel = panel_px or int(np.clip(max(height, width), 160, 512))
     title_px = max(14, panel // 10)
     fig_w = ncols * panel / dpi
-    fig_h = (nrows * (panel + title_px) + (2 * title_px if title else 0)) / dpi
+    fontsize = max(7, title_px * 0.55 * 72 / dpi)
+    if title:
+        # wrap the figure title to the figure width (about 0.6 em per character)
+        chars = max(12, int(ncols * panel / (fontsize * 1.2 * dpi / 72 * 0.6)))
+        title = textwrap.fill(title, chars)
+    title_lines = title.count("\n") + 1 if title else 0
+    fig_h = (nrows * (panel + title_px) + 2 * title_px * title_lines) / dpi
     fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
     FigureCanvasAgg(fig)
     if images.dtype == np.uint8:
@@ -77,8 +110,7 @@ def save_sample_grid(images: np.ndarray, labels: Sequence[int] | np.ndarray,
         vmin, vmax = 0.0, 1.0
     else:
         vmin, vmax = None, None
-    fontsize = max(7, title_px * 0.55 * 72 / dpi)
-    top = 1 - (2 * title_px / (fig_h * dpi) if title else 0)
+    top = 1 - 2 * title_px * title_lines / (fig_h * dpi)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=top - 0.005, wspace=0.04,
                         hspace=title_px / panel + 0.04)
     for k in range(nrows * ncols):
@@ -91,17 +123,13 @@ def save_sample_grid(images: np.ndarray, labels: Sequence[int] | np.ndarray,
         text = label_names.get(label, str(label)) if label_names else f"label {label}"
         ax.set_title(text, fontsize=fontsize, pad=2)
         if boxes is not None and boxes[k, 2] > 0:
-            r, c, h, w = (float(v) for v in boxes[k])
+            r, c, h, w = (int(v) for v in boxes[k])
             ax.add_patch(Rectangle((c - 1.5, r - 1.5), w + 2, h + 2, fill=False,
                                    edgecolor="red", linewidth=max(1.0, panel / 256)))
+            if zoom and max(height, width) >= 6 * max(h, w):
+                _add_zoom_inset(ax, images[k], (r, c, h, w), cmap, vmin, vmax, Rectangle)
     if title:
         fig.suptitle(title, fontsize=fontsize * 1.2)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
     return path

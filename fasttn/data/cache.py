@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import publish_mode
 from .errors import DatasetError, DatasetNotFoundError
 from .needle import NeedleMNIST, needle_mnist
 from .stream import BatchedDataset
@@ -88,6 +89,9 @@ def write_needle_dataset(out_dir: str | os.PathLike, dataset: NeedleMNIST | None
         np.save(tmp / "needle_boxes.npy", dataset.needle_boxes())
         meta = {"format": FORMAT, **dataset.metadata()}
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+        for item in tmp.iterdir():
+            publish_mode(item)
+        publish_mode(tmp, directory=True)
         if out_dir.exists():
             # keep the old copy until the new one is in place
             old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))

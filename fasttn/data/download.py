@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .atomic import atomic_file
 from .errors import DatasetError
 from .registry import dataset_info, default_download_dir
 from .sources import load_idx_split
@@ -17,20 +17,15 @@ _BLOCK = 1 << 20
 
 def _fetch(url: str, dest: Path, md5: str, timeout: float) -> None:
     """Download ``url`` to ``dest`` through a temporary file; keep it only if the MD5 matches."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        digest = hashlib.md5(usedforsecurity=False)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            for block in iter(lambda: resp.read(_BLOCK), b""):
-                digest.update(block)
-                out.write(block)
+    digest = hashlib.md5(usedforsecurity=False)
+    with atomic_file(dest) as tmp, open(tmp, "wb") as out, \
+            urllib.request.urlopen(url, timeout=timeout) as resp:
+        for block in iter(lambda: resp.read(_BLOCK), b""):
+            digest.update(block)
+            out.write(block)
         if digest.hexdigest() != md5:
             raise DatasetError(f"{url}: checksum mismatch: MD5 {digest.hexdigest()}, expected "
                                f"{md5}; the file was not kept")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def download_dataset(name: str, data_dir: str | os.PathLike | None = None, *,

@@ -9,13 +9,13 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from .atomic import atomic_file
 from .errors import DatasetError
 
 # IDX element-type codes -> big-endian NumPy dtypes.
@@ -142,17 +142,11 @@ def save_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool | Non
     if compress is None:
         compress = path.suffix == ".gz"
     payload = idx_bytes(array)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if compress:
-                # mtime=0: the same array always gives the same bytes
-                with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as g:
-                    g.write(payload)
-            else:
-                f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        if compress:
+            # no name, mtime=0: the same array always gives the same bytes
+            with gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) as g:
+                g.write(payload)
+        else:
+            f.write(payload)
     return path

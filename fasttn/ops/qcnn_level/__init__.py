@@ -19,7 +19,7 @@ from ..._validate import check_float_array, check_shape
 from ...backend import array_module
 from . import cpu, cpu_log, reference
 
-__all__ = ["qcnn_level", "qcnn_level_forward", "qcnn_level_backward",
+__all__ = ["batch_stats", "qcnn_level", "qcnn_level_forward", "qcnn_level_backward",
            "qcnn_level_log_forward", "qcnn_level_log_backward"]
 
 
@@ -55,6 +55,16 @@ def _check(name, x, weight, gamma, beta, window, training, stats):
                                  f"{np.shape(v)}")
 
 
+def batch_stats(x: Any):
+    """Per-channel ``(mean, biased var)`` over batch and sites of ``x : (batch, sites, d)``,
+    float64."""
+    check_float_array("x", x, ndim=3)
+    if array_module(x) is np:
+        x2 = x.reshape(-1, x.shape[2])
+        return cpu.column_stats(x2, cpu._chunks(x2.shape[0]))
+    return _impls(x)[0].batch_stats(x)  # pragma: no cover - needs a GPU
+
+
 def qcnn_level_forward(x: Any, weight: Any, gamma: Any, beta: Any, *, window: int = 2,
                        eps: float = 1e-5, training: bool = True,
                        stats: Optional[Tuple[Any, Any]] = None):
@@ -87,9 +97,13 @@ def qcnn_level_forward(x: Any, weight: Any, gamma: Any, beta: Any, *, window: in
                                           training=training, mean=mean, var=var)
 
 
-def qcnn_level_backward(saved: Any, g_out: Any):
-    """Returns ``(g_x, g_weight, g_gamma, g_beta)`` given ``g_out = dL/d out``."""
-    return _impls(g_out)[0].qcnn_level_backward(saved, g_out)
+def qcnn_level_backward(saved: Any, g_out: Any, need_g_x: bool = True):
+    """Returns ``(g_x, g_weight, g_gamma, g_beta)`` given ``g_out = dL/d out``.
+
+    With ``need_g_x=False`` (the first level, whose input is data) ``g_x`` is None and its
+    GEMM is skipped.
+    """
+    return _impls(g_out)[0].qcnn_level_backward(saved, g_out, need_g_x)
 
 
 def qcnn_level(x: Any, weight: Any, gamma: Any, beta: Any, **kwargs) -> Any:

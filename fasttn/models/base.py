@@ -1,0 +1,125 @@
+"""The estimator contract shared by every model, and safe checkpoints.
+
+A checkpoint is one ``.npz`` file holding plain arrays plus a JSON header (model class,
+constructor parameters, learned metadata). It is read with ``allow_pickle=False``, so
+loading never runs code from the file, and written to a temporary file that is renamed
+into place, so a crash never leaves half a checkpoint.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import tempfile
+import zipfile
+from typing import Any, Dict, Type
+
+import numpy as np
+
+_REGISTRY: Dict[str, Type["Estimator"]] = {}
+FORMAT = "fasttn-checkpoint"
+FORMAT_VERSION = 1
+
+
+def register(cls):
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+class Estimator:
+    """scikit-learn-like base: hyper-parameters are constructor arguments stored unchanged,
+    learned state ends in ``_``."""
+
+    def get_params(self, deep: bool = True) -> Dict[str, Any]:
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def set_params(self, **params: Any) -> "Estimator":
+        valid = self.get_params()
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(f"{key}: not a parameter of {type(self).__name__}; "
+                                 f"expected one of {sorted(valid)}")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def score(self, X: Any, y: Any) -> float:
+        """Mean accuracy of :meth:`predict` on ``(X, y)``."""
+        y = np.asarray(y)
+        return float(np.mean(self.predict(X) == y))
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _state_arrays(self) -> Dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _state_meta(self) -> Dict[str, Any]:
+        return {}
+
+    def _set_state(self, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the fitted model to ``path`` (``.npz``), atomically."""
+        if not hasattr(self, "n_features_in_"):
+            raise ValueError(f"{type(self).__name__} is not fitted yet; call fit before save")
+        header = {"format": FORMAT, "version": FORMAT_VERSION, "class": type(self).__name__,
+                  "params": _jsonable(self.get_params()), "meta": _jsonable(self._state_meta())}
+        arrays = dict(self._state_arrays())
+        arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def load(path: str | os.PathLike) -> Estimator:
+    """Read a checkpoint written by ``save``; returns a fitted model of the stored class."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"path: no checkpoint at {path!r}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"path: {path!r} is not a readable fasttn checkpoint ({exc})") from exc
+    if "__header__" not in arrays:
+        raise ValueError(f"path: {path!r} has no fasttn header; it is not a fasttn checkpoint")
+    try:
+        header = json.loads(arrays.pop("__header__").tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"path: {path!r} has a corrupt header ({exc})") from exc
+    if header.get("format") != FORMAT or header.get("version", 0) > FORMAT_VERSION:
+        raise ValueError(f"path: {path!r} is format {header.get('format')!r} version "
+                         f"{header.get('version')!r}; this fasttn reads {FORMAT!r} up to "
+                         f"version {FORMAT_VERSION}")
+    cls = _REGISTRY.get(header.get("class"))
+    if cls is None:
+        raise ValueError(f"path: {path!r} holds an unknown model class {header.get('class')!r}")
+    model = cls(**header["params"])
+    model._set_state(arrays, header["meta"])
+    return model
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.dtype):
+        return obj.name
+    if isinstance(obj, type) and issubclass(obj, np.generic):
+        return np.dtype(obj).name
+    return obj

@@ -1,0 +1,421 @@
+"""q-CNN (Anagiannis & Cheng): feature map -> L x [batch norm -> 1x1 conv -> product pool]
+-> batch norm -> dense classifier.
+
+The model holds parameters and orchestrates; every level is one call of the fused
+``fasttn.ops.qcnn_level`` op, forward then backward in reverse.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .. import ops
+from .._validate import (check_choice, check_dtype, check_finite, check_float_array,
+                         check_labels, check_positive_int)
+from ..ops.feature_maps import FEATURE_MAPS, n_channels
+from ..ops.layout import SITE_ORDERS, site_order
+from ..train import AdamW, StepLR, loss_fn
+from ..train.loop import fit_loop
+from .base import Estimator, register
+
+DOMAINS = ("auto", "linear", "log")
+
+
+@register
+class QCNN(Estimator):
+    """Entangled q-convolutional network classifier.
+
+    Parameters
+    ----------
+    n_classes : int
+    d : int
+        Base width: level widths are ``d * (l + 1)`` (q-CNN paper) unless ``widths`` is given;
+        also the number of feature channels unless ``n_features`` is given.
+    widths : list of int, optional
+        Output width of each of the L levels (L = log2 of the sites for 1D pooling, log2 of
+        the side for 2D pooling).
+    feature_map : {"fourier", "legendre", "cos_sin"}
+    n_features : int, optional
+        Feature channels before the optional constant (default ``d``; 2 for ``cos_sin``).
+    constant : bool
+        Add the constant channel f_0 = 1 to the feature map.
+    pooling : {"1d", "2d"}
+        Pairs of a flattened chain, or 2x2 windows of the grid.
+    order : {"row", "column"}
+        Flattening order for 1D pooling: row-major puts the top split between the upper and
+        lower halves, column-major between left and right.
+    loss : {"square", "cross_entropy"}
+        Square loss (eq. 48) or softmax cross-entropy. Prediction is argmax |alpha_y| for
+        the square loss, argmax alpha_y for cross-entropy.
+    lr, weight_decay, lr_step, lr_gamma : float, float, int, float
+        AdamW with the learning rate multiplied by ``lr_gamma`` every ``lr_step`` epochs.
+    batch_size, epochs : int
+    momentum, eps : float
+        Batch-norm running-statistics momentum and variance regulariser.
+    beta_init : float
+        Initial batch-norm shift. 0 as in the reference code; a positive shift starts every
+        factor of the product near a constant (the identity-bias idea of MPS classifiers),
+        which keeps products of many factors from being dominated by a few samples.
+    domain : {"auto", "linear", "log"}
+        Arithmetic of the hierarchy. ``log`` carries log|x| and a sign and is finite at any
+        depth; ``linear`` is faster. ``auto`` trains in the linear domain (batch statistics
+        bound every level) and predicts in the log domain (running statistics do not).
+    pad : bool
+        Zero-pad images whose sides are not powers of two (otherwise an error).
+    dtype : {"float32", "float64"}
+    random_state : int, optional
+    verbose : int
+    """
+
+    def __init__(self, n_classes: int = 10, d: int = 18, widths: Optional[Sequence[int]] = None,
+                 feature_map: str = "fourier", n_features: Optional[int] = None,
+                 constant: bool = False, pooling: str = "1d", order: str = "row",
+                 loss: str = "square", lr: float = 0.01, weight_decay: float = 0.01,
+                 lr_step: int = 10, lr_gamma: float = 0.5, batch_size: int = 50,
+                 epochs: int = 10, momentum: float = 0.1, eps: float = 1e-5,
+                 beta_init: float = 0.0, domain: str = "auto", pad: bool = False,
+                 dtype: str = "float32",
+                 random_state: Optional[int] = None, verbose: int = 0):
+        self.n_classes = n_classes
+        self.d = d
+        self.widths = widths
+        self.feature_map = feature_map
+        self.n_features = n_features
+        self.constant = constant
+        self.pooling = pooling
+        self.order = order
+        self.loss = loss
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.lr_step = lr_step
+        self.lr_gamma = lr_gamma
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.momentum = momentum
+        self.eps = eps
+        self.beta_init = beta_init
+        self.domain = domain
+        self.pad = pad
+        self.dtype = dtype
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ configuration
+    def _check_config(self) -> None:
+        check_positive_int("n_classes", self.n_classes)
+        if self.n_classes < 2:
+            raise ValueError(f"n_classes: expected at least 2, got {self.n_classes}")
+        check_positive_int("d", self.d)
+        check_choice("feature_map", self.feature_map, FEATURE_MAPS)
+        check_choice("pooling", self.pooling, ("1d", "2d"))
+        check_choice("order", self.order, SITE_ORDERS[:2])
+        check_choice("loss", self.loss, ("square", "cross_entropy"))
+        check_choice("domain", self.domain, DOMAINS)
+        check_dtype("dtype", self.dtype)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("epochs", self.epochs)
+
+    def _n_features(self) -> int:
+        if self.n_features is not None:
+            return int(self.n_features)
+        return 2 if self.feature_map == "cos_sin" else int(self.d)
+
+    def _geometry(self, height: int, width: int) -> Tuple[int, int, int]:
+        """``(padded height, padded width, levels)`` for an input image size."""
+        def up(n):
+            return 1 << (n - 1).bit_length()
+
+        if self.pooling == "2d":
+            side = max(height, width)
+            ph = pw = up(side) if self.pad else side
+            if not self.pad and (height != width or height & (height - 1)):
+                raise ValueError(f"X: 2d pooling expects square images with a power-of-two side, "
+                                 f"got {height}x{width}; pass pad=True to zero-pad to "
+                                 f"{up(side)}x{up(side)}")
+            return ph, pw, ph.bit_length() - 1
+        ph, pw = (up(height), up(width)) if self.pad else (height, width)
+        if not self.pad and (height & (height - 1) or width & (width - 1)):
+            raise ValueError(f"X: expected image height and width that are powers of two, got "
+                             f"{height}x{width}; pass pad=True to zero-pad to "
+                             f"{up(height)}x{up(width)}")
+        return ph, pw, (ph * pw).bit_length() - 1
+
+    def _level_widths(self, levels: int) -> List[int]:
+        if self.widths is None:
+            return [self.d * (l + 1) for l in range(1, levels + 1)]
+        widths = [int(w) for w in self.widths]
+        if len(widths) != levels:
+            raise ValueError(f"widths: expected {levels} level widths for this image size, got "
+                             f"{len(widths)}")
+        return widths
+
+    # --------------------------------------------------------------------- parameters
+    def _init_params(self, rng: np.random.Generator) -> None:
+        dt = np.dtype(self.dtype)
+        dims = [self.d0_] + self.widths_
+        self.weights_, self.gammas_, self.betas_ = [], [], []
+        self.running_means_, self.running_vars_ = [], []
+        for l in range(self.n_levels_ + 1):
+            d_in = dims[l]
+            d_out = dims[l + 1] if l < self.n_levels_ else self.n_classes
+            if l < self.n_levels_:  # Xavier-uniform, as the reference conv1d layers
+                bound = np.sqrt(6.0 / (d_in + d_out))
+            else:  # torch.nn.Linear's default for the classifier
+                bound = 1.0 / np.sqrt(d_in)
+            self.weights_.append(rng.uniform(-bound, bound, (d_out, d_in)).astype(dt))
+            self.gammas_.append(np.ones(d_in, dt))
+            self.betas_.append(np.full(d_in, self.beta_init, dt))
+            self.running_means_.append(np.zeros(d_in))
+            self.running_vars_.append(np.ones(d_in))
+
+    def _params(self) -> List[np.ndarray]:
+        return self.weights_ + self.gammas_ + self.betas_
+
+    @property
+    def n_params_(self) -> int:
+        """Trainable parameters (q-CNN eq. 46)."""
+        return int(sum(p.size for p in self._params()))
+
+    # ------------------------------------------------------------------------ inputs
+    def _check_X(self, X: Any, fitted: bool) -> np.ndarray:
+        X = check_float_array("X", X, ndim=3)
+        if X.shape[0] == 0:
+            raise ValueError("X: expected at least one image, got 0")
+        check_finite("X", X)
+        lo, hi = float(X.min()), float(X.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(f"X: expected pixel values in [0, 1], got values in [{lo:.4g}, "
+                             f"{hi:.4g}] (scale uint8 images by 1/255)")
+        if fitted and tuple(X.shape[1:]) != tuple(self.image_shape_):
+            raise ValueError(f"X: expected images of shape {tuple(self.image_shape_)} (as in "
+                             f"fit), got {tuple(X.shape[1:])}")
+        return X
+
+    def _sites(self, X: np.ndarray) -> np.ndarray:
+        """Images -> (n, sites) chains in the pooling order, padded, in the model dtype."""
+        n, h, w = X.shape
+        ph, pw = self.padded_shape_
+        if (ph, pw) != (h, w):
+            top, left = (ph - h) // 2, (pw - w) // 2
+            Xp = np.zeros((n, ph, pw), X.dtype)
+            Xp[:, top:top + h, left:left + w] = X
+            X = Xp
+        return np.ascontiguousarray(X.reshape(n, -1)[:, self.perm_], dtype=self.dtype)
+
+    def _features(self, chains: np.ndarray) -> np.ndarray:
+        return ops.feature_map(chains, self.feature_map, self._n_features(), self.constant)
+
+    # ----------------------------------------------------------------------- compute
+    def _forward_backward(self, chains: np.ndarray, y: Optional[np.ndarray], training: bool,
+                          domain: str):
+        """Scores for a batch; with labels, also the loss, its gradients and batch stats.
+
+        Returns ``(scores, log_scores, loss, grads, used_stats)`` where ``log_scores`` is
+        ``(logabs, sign)`` in the log domain (None in the linear one).
+        """
+        x = self._features(chains)
+        win = self.window_
+        L = self.n_levels_
+        tapes, used = [], []
+        if domain == "linear":
+            stats = ops.batch_stats(x) if training else None
+            for l in range(L + 1):
+                s = stats if training else (self.running_means_[l], self.running_vars_[l])
+                used.append(s)
+                x, saved, stats = ops.qcnn_level_forward(
+                    x, self.weights_[l], self.gammas_[l], self.betas_[l],
+                    window=win if l < L else 1, eps=self.eps, training=training, stats=s)
+                tapes.append(saved)
+            scores = x[:, 0, :]
+            log_scores = None
+        else:
+            with np.errstate(divide="ignore"):
+                la = np.log(np.abs(x))
+            sg = np.sign(x).astype(np.int8)
+            for l in range(L + 1):
+                s = None if training else (self.running_means_[l], self.running_vars_[l])
+                la, sg, saved, s_used = ops.qcnn_level_log_forward(
+                    la, sg, self.weights_[l], self.gammas_[l], self.betas_[l],
+                    window=win if l < L else 1, eps=self.eps, training=training, stats=s)
+                tapes.append(saved)
+                used.append(s_used)
+            log_scores = (la[:, 0, :], sg[:, 0, :])
+            with np.errstate(over="ignore"):
+                scores = log_scores[1] * np.exp(log_scores[0].astype(np.float64))
+        if y is None:
+            return scores, log_scores, None, None, used
+        loss, g_scores = loss_fn(self.loss)(scores, y)
+        grads_w, grads_g, grads_b = [None] * (L + 1), [None] * (L + 1), [None] * (L + 1)
+        dt = np.dtype(self.dtype)
+        if domain == "linear":
+            g = g_scores.astype(dt)[:, None, :]
+            backward = ops.qcnn_level_backward
+        else:  # dL/dlogabs = dL/dscore * score
+            g = (g_scores * scores).astype(dt)[:, None, :]
+            backward = ops.qcnn_level_log_backward
+        for l in range(L, -1, -1):
+            if domain == "linear":  # the first level's input is data: no gradient needed
+                g, grads_w[l], grads_g[l], grads_b[l] = backward(tapes[l], g, need_g_x=l > 0)
+            else:
+                g, grads_w[l], grads_g[l], grads_b[l] = backward(tapes[l], g)
+            tapes[l] = None  # free each level's saved state as soon as it is used
+        return scores, log_scores, loss, grads_w + grads_g + grads_b, used
+
+    def _train_domain(self) -> str:
+        return "log" if self.domain == "log" else "linear"
+
+    def _predict_domain(self) -> str:
+        return "linear" if self.domain == "linear" else "log"
+
+    def _update_running(self, used: List[Tuple[np.ndarray, np.ndarray]], batch: int) -> None:
+        m = self.momentum
+        for l, (mean, var) in enumerate(used):
+            n = batch * self.sites_per_level_[l]
+            unbiased = np.asarray(var, np.float64) * (n / max(n - 1, 1))
+            self.running_means_[l] = (1 - m) * self.running_means_[l] + m * np.asarray(mean)
+            self.running_vars_[l] = (1 - m) * self.running_vars_[l] + m * unbiased
+
+    # ------------------------------------------------------------------------ public
+    def fit(self, X: Any, y: Any, *, epochs: Optional[int] = None,
+            batch_size: Optional[int] = None,
+            validation_data: Optional[Tuple[Any, Any]] = None,
+            callbacks: Sequence[Callable[["QCNN", int, Dict], Optional[Dict]]] = (),
+            warm_start: bool = False) -> "QCNN":
+        """Train on images ``X : (n, height, width)`` in [0, 1] with labels ``y : (n,)``.
+
+        Parameters
+        ----------
+        epochs, batch_size : int, optional
+            Override the constructor values for this call.
+        validation_data : (X_val, y_val), optional
+            Accuracy on it is recorded each epoch as ``val_accuracy``.
+        callbacks : callables
+            ``f(model, epoch, record) -> dict or None`` after each epoch; returned items join
+            the epoch's history record (e.g. entanglement entropy).
+        warm_start : bool
+            Continue from the current parameters instead of re-initialising.
+
+        Returns
+        -------
+        self, with ``history_`` (one dict per epoch).
+        """
+        self._check_config()
+        epochs = check_positive_int("epochs", epochs if epochs is not None else self.epochs)
+        batch_size = check_positive_int("batch_size",
+                                        batch_size if batch_size is not None else self.batch_size)
+        X = check_float_array("X", X, ndim=3)
+        y = check_labels("y", y, self.n_classes, n_samples=X.shape[0])
+        fitted = warm_start and hasattr(self, "weights_")
+        X = self._check_X(X, fitted=fitted)
+        rng = np.random.default_rng(self.random_state)
+        if not fitted:
+            self._setup(X.shape[1:])
+            self._init_params(rng)
+            self.history_ = []
+        chains = self._sites(X)
+        opt = AdamW(self._params(), lr=self.lr, weight_decay=self.weight_decay)
+        sched = StepLR(opt, step_size=self.lr_step, gamma=self.lr_gamma)
+        domain = self._train_domain()
+        abs_pred = self.loss == "square"
+
+        def step(idx):
+            scores, _, loss, grads, used = self._forward_backward(chains[idx], y[idx], True,
+                                                                  domain)
+            opt.step(grads)
+            self._update_running(used, len(idx))
+            pred = np.argmax(np.abs(scores) if abs_pred else scores, axis=1)
+            return loss, int(np.sum(pred == y[idx]))
+
+        hooks = []
+        if validation_data is not None:
+            Xv, yv = validation_data
+            hooks.append(lambda epoch, rec: {"val_accuracy": self.score(Xv, yv)})
+        for cb in callbacks:
+            hooks.append(lambda epoch, rec, cb=cb: cb(self, epoch, rec))
+        start = len(self.history_)
+        hist = fit_loop(step, len(y), epochs=epochs, batch_size=batch_size, rng=rng,
+                        set_epoch=lambda e: sched.set_epoch(start + e), end_of_epoch=hooks,
+                        verbose=self.verbose, desc="QCNN")
+        for rec in hist:
+            rec["epoch"] += start
+        self.history_.extend(hist)
+        return self
+
+    def _setup(self, image_shape: Tuple[int, int]) -> None:
+        h, w = image_shape
+        ph, pw, levels = self._geometry(h, w)
+        self.image_shape_ = (h, w)
+        self.padded_shape_ = (ph, pw)
+        self.n_levels_ = levels
+        self.window_ = 4 if self.pooling == "2d" else 2
+        self.perm_ = site_order(ph, pw, "z" if self.pooling == "2d" else self.order)
+        self.d0_ = n_channels(self.feature_map, self._n_features(), self.constant)
+        self.widths_ = self._level_widths(levels)
+        n_sites = ph * pw
+        self.sites_per_level_ = [n_sites // self.window_ ** l for l in range(levels + 1)]
+        self.n_features_in_ = h * w
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "weights_"):
+            raise ValueError(f"{type(self).__name__} is not fitted yet; call fit first")
+
+    def decision_function(self, X: Any, batch_size: int = 256, log: bool = False):
+        """Class scores alpha for ``X : (n, height, width)``.
+
+        Returns
+        -------
+        scores : (n, n_classes) float64, or with ``log=True`` the pair ``(log|alpha|, sign)``,
+            finite even where alpha itself is not representable.
+        """
+        self._check_fitted()
+        X = self._check_X(X, fitted=True)
+        domain = self._predict_domain()
+        outs_la, outs_sg, outs = [], [], []
+        for i in range(0, X.shape[0], batch_size):
+            chains = self._sites(X[i:i + batch_size])
+            scores, log_scores, *_ = self._forward_backward(chains, None, False, domain)
+            if log_scores is None:
+                with np.errstate(divide="ignore"):
+                    log_scores = (np.log(np.abs(scores)), np.sign(scores).astype(np.int8))
+            outs.append(scores)
+            outs_la.append(log_scores[0])
+            outs_sg.append(log_scores[1])
+        if log:
+            return np.concatenate(outs_la), np.concatenate(outs_sg)
+        return np.concatenate(outs).astype(np.float64)
+
+    def predict(self, X: Any, batch_size: int = 256) -> np.ndarray:
+        """Labels: argmax |alpha_y| (square loss, eq. 35) or argmax alpha_y (cross-entropy)."""
+        la, sg = self.decision_function(X, batch_size=batch_size, log=True)
+        if self.loss == "square":
+            return np.argmax(la, axis=1)
+        # cross-entropy ranks signed scores; a per-sample shift keeps them in range
+        with np.errstate(invalid="ignore"):
+            shifted = la.astype(np.float64) - la.max(axis=1, keepdims=True)
+        return np.argmax(sg * np.exp(np.nan_to_num(shifted, nan=-np.inf)), axis=1)
+
+    # ------------------------------------------------------------------- checkpoints
+    def _state_arrays(self) -> Dict[str, np.ndarray]:
+        arrays = {}
+        for name in ("weights_", "gammas_", "betas_", "running_means_", "running_vars_"):
+            for l, a in enumerate(getattr(self, name)):
+                arrays[f"{name}{l}"] = a
+        return arrays
+
+    def _state_meta(self) -> Dict[str, Any]:
+        return {"image_shape": list(self.image_shape_), "history": self.history_}
+
+    def _set_state(self, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> None:
+        self._check_config()
+        self._setup(tuple(meta["image_shape"]))
+        dims = [self.d0_] + self.widths_
+        for name in ("weights_", "gammas_", "betas_", "running_means_", "running_vars_"):
+            setattr(self, name, [arrays[f"{name}{l}"] for l in range(self.n_levels_ + 1)])
+        for l, w in enumerate(self.weights_):
+            d_out = dims[l + 1] if l < self.n_levels_ else self.n_classes
+            if w.shape != (d_out, dims[l]):
+                raise ValueError(f"checkpoint: weights_{l} has shape {w.shape}, expected "
+                                 f"{(d_out, dims[l])}")
+        self.history_ = meta.get("history", [])

@@ -1,0 +1,78 @@
+"""The fit loop: shuffled mini-batches, a progress bar, one history record per epoch."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from tqdm.auto import tqdm
+
+StepFn = Callable[[np.ndarray], Tuple[float, int]]
+
+
+def fit_loop(step: StepFn, n_samples: int, *, epochs: int, batch_size: int,
+             rng: np.random.Generator, set_epoch: Optional[Callable[[int], float]] = None,
+             end_of_epoch: Sequence[Callable[[int, Dict], Optional[Dict]]] = (),
+             verbose: int = 1, desc: str = "fit") -> List[Dict]:
+    """Run ``epochs`` passes of ``step`` over shuffled index batches.
+
+    Parameters
+    ----------
+    step : callable
+        ``step(indices) -> (mean loss, number correct)`` trains on one batch.
+    set_epoch : callable, optional
+        Called with the epoch number before it starts; returns the learning rate.
+    end_of_epoch : callables
+        ``f(epoch, record) -> dict or None``; returned items join the epoch's record
+        (validation accuracy, entanglement entropy, ...).
+    verbose : int
+        0 silent, 1 a progress bar and one line per epoch.
+
+    Returns
+    -------
+    history : list of dict, one per epoch (loss, accuracy, images_per_s, seconds, lr, ...)
+    """
+    history: List[Dict] = []
+    show = verbose > 0
+    for epoch in range(epochs):
+        lr = set_epoch(epoch) if set_epoch else float("nan")
+        order = rng.permutation(n_samples)
+        batches = [order[i:i + batch_size] for i in range(0, n_samples, batch_size)]
+        loss_sum = 0.0
+        correct = 0
+        t0 = time.perf_counter()
+        bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", disable=not show, leave=False,
+                   file=sys.stderr, unit="batch")
+        for idx in bar:
+            loss, n_ok = step(idx)
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} in epoch {epoch + 1}; lower the "
+                                         "learning rate or use domain='log'")
+            loss_sum += loss * len(idx)
+            correct += n_ok
+            bar.set_postfix(loss=f"{loss:.4f}")
+        seconds = time.perf_counter() - t0
+        record = {"epoch": epoch + 1, "loss": loss_sum / n_samples,
+                  "accuracy": correct / n_samples, "images_per_s": n_samples / seconds,
+                  "seconds": seconds, "lr": lr}
+        for fn in end_of_epoch:
+            extra = fn(epoch, record)
+            if extra:
+                record.update(extra)
+        history.append(record)
+        if show:
+            tqdm.write(_format(record), file=sys.stdout)
+    return history
+
+
+def _format(record: Dict) -> str:
+    parts = [f"epoch {record['epoch']:3d}"]
+    for key, value in record.items():
+        if key == "epoch":
+            continue
+        if isinstance(value, float):
+            parts.append(f"{key} {value:.4g}" if key != "images_per_s" else f"{key} {value:.0f}")
+        elif isinstance(value, (int, str)):
+            parts.append(f"{key} {value}")
+    return "  ".join(parts)

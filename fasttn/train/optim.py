@@ -1,0 +1,61 @@
+"""Optimizers on lists of parameter arrays (updated in place)."""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import numpy as np
+
+
+class AdamW:
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as ``torch.optim.AdamW``.
+
+    Parameters
+    ----------
+    params : list of arrays
+        Updated in place by :meth:`step`.
+    lr, betas, eps, weight_decay : float
+        Standard AdamW hyper-parameters (defaults: the q-CNN paper's lr 0.01, decay 0.01).
+    """
+
+    def __init__(self, params: Sequence[np.ndarray], lr: float = 0.01,
+                 betas: tuple = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
+        self.params = list(params)
+        self.lr = float(lr)
+        self.betas = betas
+        self.eps = float(eps)
+        self.weight_decay = float(weight_decay)
+        # Moments in float64: cheap (the parameters are few) and free of float32 drift.
+        self.m = [np.zeros(p.shape) for p in self.params]
+        self.v = [np.zeros(p.shape) for p in self.params]
+        self.t = 0
+
+    def step(self, grads: Sequence[np.ndarray]) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        c1 = 1 - b1 ** self.t
+        c2 = 1 - b2 ** self.t
+        for p, g, m, v in zip(self.params, grads, self.m, self.v):
+            g = np.asarray(g, np.float64)
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * g * g
+            upd = self.lr * self.weight_decay * p + self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)
+            p -= upd.astype(p.dtype)
+
+    def state_arrays(self) -> List[np.ndarray]:
+        return self.m + self.v
+
+
+class StepLR:
+    """Multiply the learning rate by ``gamma`` every ``step_size`` epochs."""
+
+    def __init__(self, optimizer: AdamW, step_size: int = 10, gamma: float = 0.5):
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.step_size = step_size
+        self.gamma = gamma
+
+    def set_epoch(self, epoch: int) -> float:
+        self.optimizer.lr = self.base_lr * self.gamma ** (epoch // self.step_size)
+        return self.optimizer.lr

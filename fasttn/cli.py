@@ -8,7 +8,90 @@ from typing import Sequence
 
 # --------------------------------------------------------------------------- train
 def _add_train_commands(sub: argparse._SubParsersAction) -> None:
-    pass
+    train = sub.add_parser("train", help="train a model and report its test accuracy")
+    models = train.add_subparsers(dest="model", required=True)
+    q = models.add_parser("qcnn", help="q-CNN (Anagiannis & Cheng) on a named dataset",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--dataset", default="digits",
+                   choices=["digits", "fashion-mnist", "mnist", "needle"],
+                   help="digits is embedded (scikit-learn); the IDX sets come from "
+                        "--data-dir, $FASTTN_DATA_DIR or /usr/share/datasets")
+    q.add_argument("--size", type=int, default=None,
+                   help="resize images to SIZE x SIZE (needle: canvas side, default 128)")
+    q.add_argument("--n-train", type=int, default=None, help="use the first N training images")
+    q.add_argument("--n-test", type=int, default=None, help="use the first N test images")
+    q.add_argument("--data-dir", default=None)
+    q.add_argument("--d", type=int, default=None,
+                   help="base width; widths d*(l+1) (default 18, or 8 for digits)")
+    q.add_argument("--feature-map", default=None, choices=["fourier", "legendre", "cos_sin"],
+                   help="default fourier, or cos_sin for digits (Fourier is periodic on [0, 1], "
+                        "so it cannot tell the black and white pixels of the digits apart)")
+    q.add_argument("--n-features", type=int, default=None)
+    q.add_argument("--constant", action="store_true", help="add the constant feature f_0 = 1")
+    q.add_argument("--pooling", default="1d", choices=["1d", "2d"])
+    q.add_argument("--order", default="row", choices=["row", "column"])
+    q.add_argument("--loss", default="cross_entropy", choices=["square", "cross_entropy"])
+    q.add_argument("--epochs", type=int, default=10)
+    q.add_argument("--batch-size", type=int, default=50)
+    q.add_argument("--lr", type=float, default=0.01)
+    q.add_argument("--weight-decay", type=float, default=0.01)
+    q.add_argument("--lr-step", type=int, default=10)
+    q.add_argument("--beta-init", type=float, default=1.0)
+    q.add_argument("--domain", default="auto", choices=["auto", "linear", "log"])
+    q.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    q.add_argument("--pad", action="store_true", help="zero-pad sides to powers of two")
+    q.add_argument("--entropy", action="store_true",
+                   help="log the entanglement entropy of the class states every epoch")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", default=None, help="save the trained model here (.npz)")
+    q.add_argument("--history", default=None, help="write the per-epoch history here (JSON)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    q.set_defaults(func=_train_qcnn)
+
+
+def _train_qcnn(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    import fasttn
+    from fasttn.data import load_task
+
+    X_tr, y_tr, X_te, y_te = load_task(args.dataset, size=args.size, n_train=args.n_train,
+                                       n_test=args.n_test, data_dir=args.data_dir,
+                                       seed=args.seed)
+    digits = args.dataset == "digits"
+    n_classes = int(max(y_tr.max(), y_te.max())) + 1
+    model = fasttn.QCNN(
+        n_classes=max(n_classes, 2), d=args.d or (8 if digits else 18),
+        feature_map=args.feature_map or ("cos_sin" if digits else "fourier"),
+        n_features=args.n_features, constant=args.constant, pooling=args.pooling,
+        order=args.order, loss=args.loss, lr=args.lr, weight_decay=args.weight_decay,
+        lr_step=args.lr_step, batch_size=args.batch_size, epochs=args.epochs,
+        beta_init=args.beta_init, domain=args.domain, pad=args.pad, dtype=args.dtype,
+        random_state=args.seed, verbose=0 if args.quiet else 1)
+    print(f"q-CNN on {args.dataset}: {len(y_tr)} train / {len(y_te)} test images of "
+          f"{X_tr.shape[1]}x{X_tr.shape[2]}; {model!r}")
+    callbacks = []
+    if args.entropy:
+        from fasttn.analysis.entropy import entropy_callback
+
+        callbacks.append(entropy_callback)
+    t0 = time.perf_counter()
+    model.fit(X_tr, y_tr, validation_data=(X_te, y_te), callbacks=callbacks)
+    seconds = time.perf_counter() - t0
+    acc = model.score(X_te, y_te)
+    print(f"parameters {model.n_params_}  levels {model.n_levels_}  train time {seconds:.1f} s  "
+          f"test accuracy {acc:.4f}")
+    if args.out:
+        model.save(args.out)
+        print(f"saved {args.out}")
+    if args.history:
+        from fasttn._atomic import atomic_file
+
+        with atomic_file(args.history) as tmp:
+            with open(tmp, "w") as f:
+                json.dump({"test_accuracy": acc, "history": model.history_}, f, indent=1)
+    return 0
 
 
 # --------------------------------------------------------------------------- data

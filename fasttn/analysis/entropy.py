@@ -310,3 +310,19 @@ def _param(name: str, x: Any, ndim: int) -> np.ndarray:
     x = to_numpy(check_float_array(name, x, ndim=ndim))
     check_finite(name, x)
     return x.astype(np.float64, copy=False)
+
+
+def qcnn_model_entropy(model: Any, include_constant_row: bool = False) -> dict:
+    """:func:`qcnn_entanglement_entropy` of a fitted :class:`fasttn.QCNN` (its running
+    batch-norm statistics fold into the layers)."""
+    return qcnn_entanglement_entropy(
+        model.weights_, model.gammas_, model.betas_, model.running_means_, model.running_vars_,
+        eps=model.eps, window=model.window_, feature_map=model.feature_map,
+        n_features=model._n_features(), constant=model.constant,
+        include_constant_row=include_constant_row)
+
+
+def entropy_callback(model: Any, epoch: int, record: dict) -> dict:
+    """``fit`` callback recording the mean and per-class entanglement entropy each epoch."""
+    ent = qcnn_model_entropy(model)
+    return {"entropy": float(ent["mean"]), "entropy_per_class": ent["per_class"].tolist()}

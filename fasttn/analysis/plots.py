@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..data.atomic import atomic_file
+from .._atomic import atomic_file
 
 
 def _require_matplotlib():

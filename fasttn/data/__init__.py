@@ -20,10 +20,11 @@ from .registry import DATA_DIR_ENV, DATASETS, dataset_locations
 from .sources import (find_dataset_files, load_digits, load_fashion_mnist, load_idx_pair,
                       load_idx_split, load_mnist)
 from .splits import DigitSource, digit_source
+from .tasks import TASKS, load_task
 from .transforms import normalize_images, resize_images
 
 __all__ = [
-    "DATASETS", "DATA_DIR_ENV", "DatasetError", "DatasetNotFoundError", "DigitSource",
+    "DATASETS", "DATA_DIR_ENV", "TASKS", "load_task", "DatasetError", "DatasetNotFoundError", "DigitSource",
     "NeedleDataset", "NeedleLayout", "NeedleMNIST", "dataset_locations", "digit_source",
     "download_dataset", "find_dataset_files", "load_digits", "load_fashion_mnist", "load_idx",
     "load_idx_pair", "load_idx_split", "load_mnist", "load_needle_dataset", "needle_mnist",

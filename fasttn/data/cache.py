@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import publish_mode
+from .._atomic import publish_mode
 from .errors import DatasetError, DatasetNotFoundError
 from .needle import NeedleMNIST, needle_mnist
 from .stream import BatchedDataset

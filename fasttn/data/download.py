@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .atomic import atomic_file
+from .._atomic import atomic_file
 from .errors import DatasetError
 from .registry import dataset_info, default_download_dir
 from .sources import load_idx_split

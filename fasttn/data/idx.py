@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .atomic import atomic_file
+from .._atomic import atomic_file
 from .errors import DatasetError
 
 # IDX element-type codes -> big-endian NumPy dtypes.

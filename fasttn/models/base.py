@@ -10,11 +10,12 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import tempfile
 import zipfile
 from typing import Any, Dict, Type
 
 import numpy as np
+
+from .._atomic import atomic_file
 
 _REGISTRY: Dict[str, Type["Estimator"]] = {}
 FORMAT = "fasttn-checkpoint"
@@ -70,17 +71,9 @@ class Estimator:
                   "params": _jsonable(self.get_params()), "meta": _jsonable(self._state_meta())}
         arrays = dict(self._state_arrays())
         arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
+        with atomic_file(path) as tmp:
+            with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
 
 
 def load(path: str | os.PathLike) -> Estimator:

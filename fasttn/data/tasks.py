@@ -1,0 +1,56 @@
+"""Ready-made classification tasks: train/test arrays by name, for the CLI and benchmarks."""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .._validate import check_choice
+
+TASKS = ("digits", "fashion-mnist", "mnist", "needle")
+Arrays = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def load_task(name: str, size: Optional[int] = None, n_train: Optional[int] = None,
+              n_test: Optional[int] = None, data_dir: Optional[str | os.PathLike] = None,
+              seed: int = 0) -> Arrays:
+    """``(X_train, y_train, X_test, y_test)`` for a named task, images float32 in [0, 1].
+
+    Parameters
+    ----------
+    name : {"digits", "fashion-mnist", "mnist", "needle"}
+        ``digits``: the scikit-learn 8x8 digits (always available), a stratified 80/20 split
+        drawn with ``seed``. ``fashion-mnist`` / ``mnist``: the IDX train and test files.
+        ``needle``: NeedleMNIST (target 3 vs not) at canvas ``size`` (default 128), train and
+        test splits of the protocol, drawn from the scikit-learn digits.
+    size : int, optional
+        Resize to ``size x size`` (the q-CNN paper uses 16 for (Fashion-)MNIST).
+    n_train, n_test : int, optional
+        Keep only the first examples of each split.
+    """
+    check_choice("name", name, TASKS)
+    if name == "digits":
+        from sklearn.model_selection import train_test_split
+
+        from .sources import load_digits
+
+        X, y = load_digits(size=size)
+        X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.2, stratify=y,
+                                                  random_state=seed)
+    elif name == "needle":
+        from .needle import needle_mnist
+
+        side = size or 128
+        train = needle_mnist(size=side, split="train", seed=seed, count=n_train)
+        test = needle_mnist(size=side, split="test", seed=seed, count=n_test)
+        X_tr, y_tr = train.arrays()
+        X_te, y_te = test.arrays()
+    else:
+        from .sources import load_fashion_mnist, load_mnist
+
+        load = load_fashion_mnist if name == "fashion-mnist" else load_mnist
+        X_tr, y_tr = load("train", data_dir=data_dir, size=size)
+        X_te, y_te = load("test", data_dir=data_dir, size=size)
+    return (np.ascontiguousarray(X_tr[:n_train]), y_tr[:n_train],
+            np.ascontiguousarray(X_te[:n_test]), y_te[:n_test])

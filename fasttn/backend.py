@@ -63,12 +63,18 @@ def num_threads() -> int:
 
 
 class _KernelThreads:
-    """Single-threaded BLAS while fasttn's CPU kernels run (re-entrant, per thread).
+    """Thread policy while fasttn's CPU kernels run (re-entrant, per calling thread).
 
-    The kernels parallelise over row chunks with Numba and call BLAS once per chunk; a
-    multi-threaded BLAS underneath would put two thread pools on the same cores, and
-    OpenBLAS's spinning workers then stall Numba's (measured: a 20x slowdown on 2 cores).
+    * BLAS runs single-threaded: the kernels parallelise over row chunks with Numba and call
+      BLAS once per chunk, and a multi-threaded BLAS underneath would put two thread pools on
+      the same cores, whose spinning workers stall each other (measured: 20x slower on 2 cores).
+    * Small problems run on one thread: every parallel region ends in a barrier, and when
+      other processes share the cores a descheduled worker holds the barrier for a whole
+      scheduler slice (measured: a 16x16 q-CNN step 12x slower beside one busy process).
     """
+
+    #: elements of work below which a kernel runs on the calling thread alone
+    SERIAL_BELOW = 1 << 20
 
     def __init__(self):
         import threading
@@ -76,9 +82,23 @@ class _KernelThreads:
         self._local = threading.local()
         self._controller = None
 
+    def __call__(self, work: int = 0) -> "_KernelThreads":
+        self._local.pending_work = work
+        return self
+
     def __enter__(self):
+        import numba
+
         depth = getattr(self._local, "depth", 0)
         self._local.depth = depth + 1
+        work = getattr(self._local, "pending_work", 0)
+        self._local.pending_work = 0
+        stack = getattr(self._local, "threads", None)
+        if stack is None:
+            stack = self._local.threads = []
+        stack.append(numba.get_num_threads())
+        if 0 < work < self.SERIAL_BELOW:
+            numba.set_num_threads(1)
         if depth == 0:
             if self._controller is None:
                 from threadpoolctl import ThreadpoolController
@@ -88,6 +108,9 @@ class _KernelThreads:
         return self
 
     def __exit__(self, *exc):
+        import numba
+
+        numba.set_num_threads(self._local.threads.pop())
         self._local.depth -= 1
         if self._local.depth == 0:
             self._local.limit.restore_original_limits()
@@ -98,9 +121,10 @@ class _KernelThreads:
 _KERNEL_THREADS = _KernelThreads()
 
 
-def kernel_threads() -> _KernelThreads:
-    """Context in which BLAS runs single-threaded (the kernels bring their own threads)."""
-    return _KERNEL_THREADS
+def kernel_threads(work: int = 0) -> _KernelThreads:
+    """Context for CPU kernels: single-threaded BLAS, and one thread for ``work`` (elements
+    touched) below :attr:`_KernelThreads.SERIAL_BELOW`; ``work=0`` keeps the thread count."""
+    return _KERNEL_THREADS(work)
 
 
 class _BufferPool:

@@ -29,7 +29,7 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--n-features", type=int, default=None)
     q.add_argument("--constant", action="store_true", help="add the constant feature f_0 = 1")
     q.add_argument("--pooling", default="1d", choices=["1d", "2d"])
-    q.add_argument("--order", default="row", choices=["row", "column"])
+    q.add_argument("--order", default="row", choices=["row", "column", "z"])
     q.add_argument("--loss", default="cross_entropy", choices=["square", "cross_entropy"])
     q.add_argument("--epochs", type=int, default=10)
     q.add_argument("--batch-size", type=int, default=50)

@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import ops
+from ..backend import kernel_threads
 from .._validate import (check_choice, check_dtype, check_finite, check_float_array,
                          check_labels, check_positive_int)
 from ..ops.feature_maps import FEATURE_MAPS, n_channels
@@ -43,9 +44,10 @@ class QCNN(Estimator):
         Add the constant channel f_0 = 1 to the feature map.
     pooling : {"1d", "2d"}
         Pairs of a flattened chain, or 2x2 windows of the grid.
-    order : {"row", "column"}
+    order : {"row", "column", "z"}
         Flattening order for 1D pooling: row-major puts the top split between the upper and
-        lower halves, column-major between left and right.
+        lower halves, column-major between left and right; Z order pairs alternately along
+        rows and columns, so every level summarises a compact block.
     loss : {"square", "cross_entropy"}
         Square loss (eq. 48) or softmax cross-entropy. Prediction is argmax |alpha_y| for
         the square loss, argmax alpha_y for cross-entropy.
@@ -110,7 +112,7 @@ class QCNN(Estimator):
         check_positive_int("d", self.d)
         check_choice("feature_map", self.feature_map, FEATURE_MAPS)
         check_choice("pooling", self.pooling, ("1d", "2d"))
-        check_choice("order", self.order, SITE_ORDERS[:2])
+        check_choice("order", self.order, SITE_ORDERS)
         check_choice("loss", self.loss, ("square", "cross_entropy"))
         check_choice("domain", self.domain, DOMAINS)
         check_dtype("dtype", self.dtype)
@@ -215,6 +217,10 @@ class QCNN(Estimator):
         Returns ``(scores, log_scores, loss, grads, used_stats)`` where ``log_scores`` is
         ``(logabs, sign)`` in the log domain (None in the linear one).
         """
+        with kernel_threads():  # one BLAS thread-limit for the whole pass
+            return self._forward_backward_body(chains, y, training, domain)
+
+    def _forward_backward_body(self, chains, y, training, domain):
         x = self._features(chains)
         win = self.window_
         L = self.n_levels_

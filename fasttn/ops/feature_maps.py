@@ -88,7 +88,11 @@ def feature_map(x: Any, name: str = "fourier", n_features: int = 18, constant: b
     dtype = np.dtype(dtype or x.dtype)
     out = xp.empty(x.shape + (n_features + int(constant),), dtype=dtype)
     if xp is np and x.size:
-        _feature_map_cpu(np.ascontiguousarray(x), _CODES[name], n_features, int(constant), out)
+        from ..backend import kernel_threads
+
+        with kernel_threads(out.size):
+            _feature_map_cpu(np.ascontiguousarray(x), _CODES[name], n_features, int(constant),
+                             out)
         return out
     return feature_map_reference(x, name, n_features, constant, out)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Tuple
 
 from ..._validate import check_float_array
-from ...backend import array_module
+from ...backend import array_module, kernel_threads
 from . import cpu, reference
 
 __all__ = ["product_pool", "product_pool_forward", "product_pool_backward",
@@ -52,7 +52,8 @@ def product_pool(x: Any, window: int = 2) -> Any:
     out : (batch, sites // window, channels) or (batch, height // 2, width // 2, channels)
     """
     _check("x", x, window)
-    return _impl(x).product_pool(x, window)
+    with kernel_threads(x.size):
+        return _impl(x).product_pool(x, window)
 
 
 def product_pool_forward(x: Any, window: int = 2) -> Tuple[Any, Any]:
@@ -64,7 +65,8 @@ def product_pool_backward(saved: Any, grad_out: Any) -> Any:
     """Gradient with respect to ``x`` given ``grad_out`` of the output's shape."""
     x, window = saved
     check_float_array("grad_out", grad_out, ndim=x.ndim, dtype=x.dtype)
-    return _impl(x).product_pool_backward(x, grad_out, window)
+    with kernel_threads(x.size):
+        return _impl(x).product_pool_backward(x, grad_out, window)
 
 
 def product_pool_log(logabs: Any, sign: Any, window: int = 2) -> Tuple[Any, Any]:
@@ -73,7 +75,8 @@ def product_pool_log(logabs: Any, sign: Any, window: int = 2) -> Tuple[Any, Any]
     if sign.shape != logabs.shape:
         raise ValueError(f"sign: expected shape {tuple(logabs.shape)} (that of logabs), "
                          f"got {tuple(sign.shape)}")
-    return _impl(logabs).product_pool_log(logabs, sign, window)
+    with kernel_threads(logabs.size):
+        return _impl(logabs).product_pool_log(logabs, sign, window)
 
 
 def product_pool_log_backward(grad_out: Any, shape: tuple, window: int = 2) -> Any:

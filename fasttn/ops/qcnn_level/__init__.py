@@ -16,7 +16,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from ..._validate import check_float_array, check_shape
-from ...backend import array_module
+from ...backend import array_module, kernel_threads
 from . import cpu, cpu_log, reference
 
 __all__ = ["batch_stats", "qcnn_level", "qcnn_level_forward", "qcnn_level_backward",
@@ -61,7 +61,8 @@ def batch_stats(x: Any):
     check_float_array("x", x, ndim=3)
     if array_module(x) is np:
         x2 = x.reshape(-1, x.shape[2])
-        return cpu.column_stats(x2, cpu._chunks(x2.shape[0]))
+        with kernel_threads(x2.size):
+            return cpu.column_stats(x2, cpu._chunks(x2.shape[0]))
     return _impls(x)[0].batch_stats(x)  # pragma: no cover - needs a GPU
 
 

@@ -164,7 +164,7 @@ def qcnn_level_forward(x, weight, gamma, beta, *, window, eps, training, mean=No
     b, s, d_in = x.shape
     d_out = weight.shape[0]
     x2 = x.reshape(b * s, d_in)
-    with kernel_threads():
+    with kernel_threads(b * s * (d_in + d_out)):
         if training and mean is None:
             mean, var = column_stats(x2, _chunks(b * s))
         mean = np.asarray(mean, np.float64)
@@ -191,7 +191,7 @@ def qcnn_level_backward(saved, g_out, need_g_x=True):
     n, d_in = x2.shape
     g2 = np.ascontiguousarray(g_out.reshape(-1, weight.shape[0]))
     g_x = workspace.empty(x2.shape, x2.dtype) if need_g_x else np.empty((0, d_in), x2.dtype)
-    with kernel_threads():
+    with kernel_threads(n * (d_in + xi.shape[1])):
         rows = _rows_per_chunk(n, max(d_in, xi.shape[1]), x2.itemsize, window)
         s, gram = _level_backward(x2, xi, bias, g2, window, a_w, rows, g_x, need_g_x)
         w64 = weight.astype(np.float64)

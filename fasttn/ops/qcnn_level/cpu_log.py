@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from ..._numba import njit, prange
+from ...backend import kernel_threads
 from .cpu import _chunks
 
 
@@ -118,6 +119,12 @@ def _log_bn_stat_correction(la, sg, g_la, gamma, log_std, mean_std, g_beta, g_ga
 
 def qcnn_level_log_forward(logabs, sign, weight, gamma, beta, *, window, eps, training,
                            mean=None, var=None):
+    with kernel_threads(logabs.size + logabs.shape[0] * logabs.shape[1] * weight.shape[0]):
+        return _log_forward(logabs, sign, weight, gamma, beta, window=window, eps=eps,
+                            training=training, mean=mean, var=var)
+
+
+def _log_forward(logabs, sign, weight, gamma, beta, *, window, eps, training, mean, var):
     b, s, d_in = logabs.shape
     d_out = weight.shape[0]
     la2 = logabs.reshape(b * s, d_in)
@@ -148,6 +155,11 @@ def qcnn_level_log_forward(logabs, sign, weight, gamma, beta, *, window, eps, tr
 
 
 def qcnn_level_log_backward(saved, g_out):
+    with kernel_threads(saved[0].size + saved[8].size):
+        return _log_backward(saved, g_out)
+
+
+def _log_backward(saved, g_out):
     (la2, sg2, log_std, mean_std, log_w, sign_g, c, zp_hat, xi_hat, weight, g64, window,
      training, shape) = saved
     dt = la2.dtype

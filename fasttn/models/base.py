@@ -50,8 +50,12 @@ class Estimator:
 
     def score(self, X: Any, y: Any) -> float:
         """Mean accuracy of :meth:`predict` on ``(X, y)``."""
+        pred = self.predict(X)
         y = np.asarray(y)
-        return float(np.mean(self.predict(X) == y))
+        if y.shape != pred.shape:
+            raise ValueError(f"y: expected {pred.shape[0]} labels (one per image), got shape "
+                             f"{y.shape}")
+        return float(np.mean(pred == y))
 
     # -- checkpoints ---------------------------------------------------------------------
     def _state_arrays(self) -> Dict[str, np.ndarray]:
@@ -82,7 +86,13 @@ def load(path: str | os.PathLike) -> Estimator:
     if not os.path.exists(path):
         raise FileNotFoundError(f"path: no checkpoint at {path!r}")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"path: {path!r} is not a readable fasttn checkpoint ({exc})") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"path: {path!r} holds a single array, not a fasttn checkpoint (.npz)")
+    try:
+        with data:
             arrays = {k: data[k] for k in data.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise ValueError(f"path: {path!r} is not a readable fasttn checkpoint ({exc})") from exc
@@ -99,8 +109,15 @@ def load(path: str | os.PathLike) -> Estimator:
     cls = _REGISTRY.get(header.get("class"))
     if cls is None:
         raise ValueError(f"path: {path!r} holds an unknown model class {header.get('class')!r}")
-    model = cls(**header["params"])
-    model._set_state(arrays, header["meta"])
+    try:
+        model = cls(**header["params"])
+        model._set_state(arrays, header["meta"])
+    except KeyError as exc:
+        raise ValueError(f"path: {path!r} lacks the array {exc.args[0]!r} that a "
+                         f"{header['class']} checkpoint holds") from exc
+    except TypeError as exc:
+        raise ValueError(f"path: {path!r} has parameters this fasttn does not accept "
+                         f"({exc})") from exc
     return model
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import ops
-from ..backend import kernel_threads
+from ..backend import array_module, kernel_threads, to_numpy
 from .._validate import (check_choice, check_dtype, check_finite, check_float_array,
                          check_labels, check_positive_int)
 from ..ops.feature_maps import FEATURE_MAPS, n_channels
@@ -148,6 +148,8 @@ class QCNN(Estimator):
         if self.widths is None:
             return [self.d * (l + 1) for l in range(1, levels + 1)]
         widths = [int(w) for w in self.widths]
+        if any(w < 1 for w in widths):
+            raise ValueError(f"widths: expected positive level widths, got {widths}")
         if len(widths) != levels:
             raise ValueError(f"widths: expected {levels} level widths for this image size, got "
                              f"{len(widths)}")
@@ -222,6 +224,7 @@ class QCNN(Estimator):
 
     def _forward_backward_body(self, chains, y, training, domain):
         x = self._features(chains)
+        xp = array_module(x)
         win = self.window_
         L = self.n_levels_
         tapes, used = [], []
@@ -234,12 +237,12 @@ class QCNN(Estimator):
                     x, self.weights_[l], self.gammas_[l], self.betas_[l],
                     window=win if l < L else 1, eps=self.eps, training=training, stats=s)
                 tapes.append(saved)
-            scores = x[:, 0, :]
+            scores = to_numpy(x[:, 0, :])
             log_scores = None
         else:
             with np.errstate(divide="ignore"):
-                la = np.log(np.abs(x))
-            sg = np.sign(x).astype(np.int8)
+                la = xp.log(xp.abs(x))
+            sg = xp.sign(x).astype(np.int8)
             for l in range(L + 1):
                 s = None if training else (self.running_means_[l], self.running_vars_[l])
                 la, sg, saved, s_used = ops.qcnn_level_log_forward(
@@ -247,8 +250,9 @@ class QCNN(Estimator):
                     window=win if l < L else 1, eps=self.eps, training=training, stats=s)
                 tapes.append(saved)
                 used.append(s_used)
-            log_scores = (la[:, 0, :], sg[:, 0, :])
+            log_scores = (to_numpy(la[:, 0, :]), to_numpy(sg[:, 0, :]))
             with np.errstate(over="ignore"):
+                # (batch, classes): losses and metrics run on the host
                 scores = log_scores[1] * np.exp(log_scores[0].astype(np.float64))
         if y is None:
             return scores, log_scores, None, None, used
@@ -256,10 +260,10 @@ class QCNN(Estimator):
         grads_w, grads_g, grads_b = [None] * (L + 1), [None] * (L + 1), [None] * (L + 1)
         dt = np.dtype(self.dtype)
         if domain == "linear":
-            g = g_scores.astype(dt)[:, None, :]
+            g = xp.asarray(g_scores.astype(dt)[:, None, :])
             backward = ops.qcnn_level_backward
         else:  # dL/dlogabs = dL/dscore * score
-            g = (g_scores * scores).astype(dt)[:, None, :]
+            g = xp.asarray((g_scores * scores).astype(dt)[:, None, :])
             backward = ops.qcnn_level_log_backward
         for l in range(L, -1, -1):
             if domain == "linear":  # the first level's input is data: no gradient needed

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Quick q-CNN headline table without asv: images/s of fasttn and PyTorch, speed-ups, GFLOP/s
+and % of the sgemm rate, measured the way ``benchmarks/bench_qcnn.py`` measures them.
+
+    python bench/run_qcnn.py                      # 16, 128, 256; 3 repeats
+    python bench/run_qcnn.py --sizes 128 --repeats 5 --first-call --json out.json
+
+Each repeat measures every size (fasttn and PyTorch in turns, best of N calls) and re-measures
+the ceilings; the table shows the best repeat and, in brackets, the range over the repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from benchmarks import ceilings  # noqa: E402
+from benchmarks import qcnn_workloads as W  # noqa: E402
+
+COLUMNS = [  # (key, header)
+    ("fasttn_train", "fasttn train img/s"),
+    ("torch_train", "torch train img/s"),
+    ("train_speedup", "train x"),
+    ("fasttn_infer_log", "fasttn infer img/s (log)"),
+    ("fasttn_infer_linear", "fasttn infer img/s (lin)"),
+    ("torch_infer", "torch infer img/s"),
+    ("infer_speedup", "infer x (log)"),
+    ("infer_linear_speedup", "infer x (lin)"),
+    ("train_gflops", "train GFLOP/s"),
+    ("train_pct_sgemm", "% of sgemm"),
+]
+
+
+def figures(r: dict, sgemm: float) -> dict:
+    best = {k: min(v) for k, v in r["times"].items()}
+    out = {k: r["batch"] / t for k, t in best.items()}
+    out["train_gflops"] = r["train_flops"] / best["fasttn_train"] / 1e9
+    out["train_pct_sgemm"] = 100 * out["train_gflops"] / sgemm
+    if "torch_train" in best:
+        out["train_speedup"] = best["torch_train"] / best["fasttn_train"]
+        out["infer_speedup"] = best["torch_infer"] / best["fasttn_infer_log"]
+        out["infer_linear_speedup"] = best["torch_infer"] / best["fasttn_infer_linear"]
+    return out
+
+
+def busy_fraction(interval: float = 1.0) -> float:
+    """Fraction of all cores busy over ``interval`` seconds (Linux ``/proc/stat``; 0 elsewhere)."""
+    def sample():
+        with open("/proc/stat") as fh:
+            vals = [int(v) for v in fh.readline().split()[1:]]
+        return sum(vals), vals[3] + vals[4]  # total, idle + iowait
+
+    try:
+        t0, i0 = sample()
+        time.sleep(interval)
+        t1, i1 = sample()
+    except OSError:
+        return 0.0
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_for_quiet(max_wait_s: float, threshold: float = 0.15) -> float:
+    """Wait up to ``max_wait_s`` for other processes to leave the cores; returns the busy
+    fraction seen last."""
+    deadline = time.monotonic() + max_wait_s
+    busy = busy_fraction()
+    while busy > threshold and time.monotonic() < deadline:
+        time.sleep(4.0)
+        busy = busy_fraction()
+    return busy
+
+
+def fmt(v: float) -> str:
+    return f"{v:.3g}" if v < 100 else f"{v:.0f}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=list(W.SIZES))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--first-call", action="store_true",
+                   help="also measure Numba's first-call cost (cold and cached cache; ~1 min)")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="before each repeat, wait up to this long for the cores to be idle "
+                        "(under 15%% busy): other processes distort every figure")
+    p.add_argument("--json", help="write every measurement to this file")
+    args = p.parse_args(argv)
+
+    runs = []
+    for i in range(args.repeats):
+        busy = wait_for_quiet(args.wait_quiet) if args.wait_quiet > 0 else busy_fraction()
+        ceil = {"sgemm_gflops": ceilings._gemm_gflops(np.float32),
+                "dgemm_gflops": ceilings._gemm_gflops(np.float64),
+                "copy_gbs": ceilings.copy_gbs.__wrapped__()}
+        res = W.measure_qcnn(args.sizes, with_torch=not args.no_torch)
+        runs.append({"ceilings": ceil, "sizes": res,
+                     "figures": {s: figures(r, ceil["sgemm_gflops"]) for s, r in res.items()}})
+        load = os.getloadavg()[0]
+        runs[-1].update(busy_before=busy, load_average_1min=load)
+        print(f"repeat {i + 1}/{args.repeats}: sgemm {ceil['sgemm_gflops']:.0f} GFLOP/s, "
+              f"dgemm {ceil['dgemm_gflops']:.0f}, copy {ceil['copy_gbs']:.1f} GB/s; cores "
+              f"{100 * busy:.0f}% busy before it, 1-min load average after {load:.2f}",
+              flush=True)
+
+    print(f"\nq-CNN d={W.D} float32, {os.cpu_count()} cores {platform.processor() or ''}, "
+          f"{datetime.date.today()}; best repeat [range over {args.repeats} repeats]\n")
+    head = ["size", "batch", "data"] + [h for _, h in COLUMNS]
+    rows = []
+    for s in args.sizes:
+        r0 = runs[0]["sizes"][s]
+        row = [f"{s}^2", str(r0["batch"]), r0["source"]]
+        for key, _ in COLUMNS:
+            vals = [run["figures"][s].get(key) for run in runs]
+            vals = [v for v in vals if v is not None]
+            if not vals:
+                row.append("-")
+                continue
+            row.append(fmt(max(vals)) + (f" [{fmt(min(vals))}-{fmt(max(vals))}]"
+                                         if len(vals) > 1 else ""))
+        rows.append(row)
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" for _ in head) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    for key in ("sgemm_gflops", "dgemm_gflops", "copy_gbs"):
+        vals = [run["ceilings"][key] for run in runs]
+        print(f"{key}: best {max(vals):.1f} [{min(vals):.1f}-{max(vals):.1f}]")
+    if not all(r["finite"] for run in runs for r in run["sizes"].values()):
+        print("warning: a training loss became non-finite during the measurement")
+
+    first = {}
+    if args.first_call:
+        from benchmarks.bench_qcnn import FIRST_CALLS, first_call_costs
+
+        print("\nfirst call (fresh interpreter): cold = empty Numba cache, cached = cache filled")
+        for what in FIRST_CALLS:
+            first[what] = c = first_call_costs(what)
+            print(f"  {what}: cold {c['cold']['first_call_s']:.2f} s, cached "
+                  f"{c['cached']['first_call_s']:.2f} s, second call "
+                  f"{c['cached']['second_call_s']:.3f} s, import {c['cached']['import_s']:.2f} s")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"runs": runs, "first_call": first}, fh, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,8 +5,9 @@ and % of the sgemm rate, measured the way ``benchmarks/bench_qcnn.py`` measures 
     python bench/run_qcnn.py                      # 16, 128, 256; 3 repeats
     python bench/run_qcnn.py --sizes 128 --repeats 5 --first-call --json out.json
 
-Each repeat measures every size (fasttn and PyTorch in turns, best of N calls) and re-measures
-the ceilings; the table shows the best repeat and, in brackets, the range over the repeats.
+Each repeat re-measures the ceilings, then every size in a fresh interpreter (fasttn and PyTorch
+in turns, best of N calls). The table shows the best over all repeats and, in brackets, the
+range of the per-repeat values.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ COLUMNS = [  # (key, header)
 
 
 def figures(r: dict, sgemm: float) -> dict:
+    """Headline figures from the wall times of one size (``r["times"]``: name -> seconds)."""
     best = {k: min(v) for k, v in r["times"].items()}
     out = {k: r["batch"] / t for k, t in best.items()}
     out["train_gflops"] = r["train_flops"] / best["fasttn_train"] / 1e9
@@ -49,6 +51,53 @@ def figures(r: dict, sgemm: float) -> dict:
         out["infer_speedup"] = best["torch_infer"] / best["fasttn_infer_log"]
         out["infer_linear_speedup"] = best["torch_infer"] / best["fasttn_infer_linear"]
     return out
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def print_table(runs: list) -> None:
+    """Best over all repeats (every time pooled; % of sgemm against the best sgemm rate),
+    and in brackets the range of the per-repeat values."""
+    sgemm = max(run["ceilings"]["sgemm_gflops"] for run in runs)
+    sizes = list(runs[0]["sizes"])
+    print(f"\nq-CNN d={W.D} float32, {os.cpu_count()} cores ({cpu_name()}), "
+          f"{datetime.date.today()}; best of {len(runs)} repeats [range over repeats]\n")
+    head = ["size", "batch", "data"] + [h for _, h in COLUMNS]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" for _ in head) + "|")
+    for s in sizes:
+        per_run = [figures(run["sizes"][s], run["ceilings"]["sgemm_gflops"]) for run in runs]
+        pooled = dict(runs[0]["sizes"][s])
+        pooled["times"] = {k: [t for run in runs for t in run["sizes"][s]["times"][k]]
+                           for k in pooled["times"]}
+        best = figures(pooled, sgemm)
+        row = [f"{s}^2", str(pooled["batch"]), pooled["source"]]
+        for key, _ in COLUMNS:
+            if key not in best:
+                row.append("-")
+                continue
+            vals = [f[key] for f in per_run]
+            if key == "train_pct_sgemm":  # each repeat against the best ceiling
+                vals = [100 * f["train_gflops"] / sgemm for f in per_run]
+            cell = fmt(best[key])
+            if len(vals) > 1:
+                cell += f" [{fmt(min(vals))}-{fmt(max(vals))}]"
+            row.append(cell)
+        print("| " + " | ".join(row) + " |")
+    for key in ("sgemm_gflops", "dgemm_gflops", "copy_gbs"):
+        vals = [run["ceilings"][key] for run in runs]
+        print(f"{key}: best {max(vals):.1f} [{min(vals):.1f}-{max(vals):.1f}]")
+    if not all(r["finite"] for run in runs for r in run["sizes"].values()):
+        print("warning: a training loss became non-finite during the measurement")
 
 
 def busy_fraction(interval: float = 1.0) -> float:
@@ -93,7 +142,15 @@ def main(argv=None) -> int:
                    help="before each repeat, wait up to this long for the cores to be idle "
                         "(under 15%% busy): other processes distort every figure")
     p.add_argument("--json", help="write every measurement to this file")
+    p.add_argument("--table-from", metavar="JSON", help="print the table of a saved --json file")
     args = p.parse_args(argv)
+    if args.table_from:
+        with open(args.table_from) as fh:
+            saved = json.load(fh)
+        for run in saved["runs"]:
+            run["sizes"] = {int(k): v for k, v in run["sizes"].items()}
+        print_table(saved["runs"])
+        return 0
 
     runs = []
     for i in range(args.repeats):
@@ -101,9 +158,8 @@ def main(argv=None) -> int:
         ceil = {"sgemm_gflops": ceilings._gemm_gflops(np.float32),
                 "dgemm_gflops": ceilings._gemm_gflops(np.float64),
                 "copy_gbs": ceilings.copy_gbs.__wrapped__()}
-        res = W.measure_qcnn(args.sizes, with_torch=not args.no_torch)
-        runs.append({"ceilings": ceil, "sizes": res,
-                     "figures": {s: figures(r, ceil["sgemm_gflops"]) for s, r in res.items()}})
+        res = W.measure_qcnn_isolated(args.sizes, with_torch=not args.no_torch)
+        runs.append({"ceilings": ceil, "sizes": res})
         load = os.getloadavg()[0]
         runs[-1].update(busy_before=busy, load_average_1min=load)
         print(f"repeat {i + 1}/{args.repeats}: sgemm {ceil['sgemm_gflops']:.0f} GFLOP/s, "
@@ -111,31 +167,7 @@ def main(argv=None) -> int:
               f"{100 * busy:.0f}% busy before it, 1-min load average after {load:.2f}",
               flush=True)
 
-    print(f"\nq-CNN d={W.D} float32, {os.cpu_count()} cores {platform.processor() or ''}, "
-          f"{datetime.date.today()}; best repeat [range over {args.repeats} repeats]\n")
-    head = ["size", "batch", "data"] + [h for _, h in COLUMNS]
-    rows = []
-    for s in args.sizes:
-        r0 = runs[0]["sizes"][s]
-        row = [f"{s}^2", str(r0["batch"]), r0["source"]]
-        for key, _ in COLUMNS:
-            vals = [run["figures"][s].get(key) for run in runs]
-            vals = [v for v in vals if v is not None]
-            if not vals:
-                row.append("-")
-                continue
-            row.append(fmt(max(vals)) + (f" [{fmt(min(vals))}-{fmt(max(vals))}]"
-                                         if len(vals) > 1 else ""))
-        rows.append(row)
-    print("| " + " | ".join(head) + " |")
-    print("|" + "|".join("---" for _ in head) + "|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-    for key in ("sgemm_gflops", "dgemm_gflops", "copy_gbs"):
-        vals = [run["ceilings"][key] for run in runs]
-        print(f"{key}: best {max(vals):.1f} [{min(vals):.1f}-{max(vals):.1f}]")
-    if not all(r["finite"] for run in runs for r in run["sizes"].values()):
-        print("warning: a training loss became non-finite during the measurement")
+    print_table(runs)
 
     first = {}
     if args.first_call:

@@ -73,8 +73,10 @@ class _KernelThreads:
       scheduler slice (measured: a 16x16 q-CNN step 12x slower beside one busy process).
     """
 
-    #: elements of work below which a kernel runs on the calling thread alone
-    SERIAL_BELOW = 1 << 20
+    #: elements of work below which a kernel runs on the calling thread alone. Off (0): with
+    #: Numba's OpenMP layer, switching a process to one thread and back leaves later large
+    #: kernels several times slower (measured at 128^2), which costs more than it saves.
+    SERIAL_BELOW = 0
 
     def __init__(self):
         import threading
@@ -96,9 +98,11 @@ class _KernelThreads:
         stack = getattr(self._local, "threads", None)
         if stack is None:
             stack = self._local.threads = []
-        stack.append(numba.get_num_threads())
         if 0 < work < self.SERIAL_BELOW:
+            stack.append(numba.get_num_threads())
             numba.set_num_threads(1)
+        else:
+            stack.append(None)  # untouched: even a no-op set_num_threads costs with OpenMP
         if depth == 0:
             if self._controller is None:
                 from threadpoolctl import ThreadpoolController
@@ -110,7 +114,9 @@ class _KernelThreads:
     def __exit__(self, *exc):
         import numba
 
-        numba.set_num_threads(self._local.threads.pop())
+        previous = self._local.threads.pop()
+        if previous is not None:
+            numba.set_num_threads(previous)
         self._local.depth -= 1
         if self._local.depth == 0:
             self._local.limit.restore_original_limits()

@@ -215,11 +215,43 @@ def measure_qcnn(sizes=SIZES, with_torch: bool = True, **kw) -> Dict[int, dict]:
             t = TorchQCNN(f)
             train["torch_train"] = t.train_step
             infer["torch_infer"] = t.infer
-        times = measure_interleaved(train, **kw)
-        times.update(measure_interleaved(infer, **kw))
+        # inference first: training moves the weights away from the running statistics
+        times = measure_interleaved(infer, **kw)
+        times.update(measure_interleaved(train, **kw))
         finite = bool(np.isfinite(f.last_loss)) and (t is None or bool(np.isfinite(t.last_loss)))
         out[size] = {"batch": f.batch, "source": f.source, "train_flops": f.train_flops,
                      "forward_flops": f.forward_flops, "times": times, "finite": finite}
+    return out
+
+
+_MEASURE_ONE = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from benchmarks import qcnn_workloads as W
+args = json.loads(sys.argv[2])
+print("RESULT " + json.dumps(W.measure_qcnn([args.pop("size")], **args)))
+"""
+
+
+def measure_qcnn_isolated(sizes=SIZES, with_torch: bool = True, **kw) -> Dict[int, dict]:
+    """:func:`measure_qcnn`, each size in a fresh interpreter (as asv runs each benchmark).
+
+    One workload must not inherit the thread state another left behind: with Numba's OpenMP
+    layer, a process whose first kernel ran single-threaded (a small problem) runs later large
+    kernels several times slower (see ``bench/README.md``).
+    """
+    import json
+    import subprocess
+
+    out = {}
+    for size in sizes:
+        args = json.dumps(dict(kw, size=size, with_torch=with_torch))
+        proc = subprocess.run([sys.executable, "-c", _MEASURE_ONE, _BENCH_DIR, args],
+                              capture_output=True, text=True)
+        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            raise RuntimeError(f"measuring size {size} failed:\n{proc.stderr[-3000:]}")
+        out[size] = json.loads(lines[-1][len("RESULT "):])[str(size)]
     return out
 
 

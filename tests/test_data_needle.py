@@ -231,7 +231,9 @@ def test_streaming_memory_does_not_grow_with_the_count():
 
     short, long = peak(3), peak(12)
     assert long <= 5 * batch_bytes  # prefetch + 2 batches, plus slack
-    assert long < short + batch_bytes
+    # A leak would add 9 batches; up to 2 batches more are in-flight prefetches at the break,
+    # which depend on thread timing.
+    assert long < short + 3 * batch_bytes
 
 
 def test_iterating_1024_images_stays_under_1_5_gb_rss():

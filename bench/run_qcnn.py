@@ -155,9 +155,9 @@ def main(argv=None) -> int:
     runs = []
     for i in range(args.repeats):
         busy = wait_for_quiet(args.wait_quiet) if args.wait_quiet > 0 else busy_fraction()
-        ceil = {"sgemm_gflops": ceilings._gemm_gflops(np.float32),
-                "dgemm_gflops": ceilings._gemm_gflops(np.float64),
-                "copy_gbs": ceilings.copy_gbs.__wrapped__()}
+        ceil = {"sgemm_gflops": ceilings.measure_gemm_gflops(np.float32),
+                "dgemm_gflops": ceilings.measure_gemm_gflops(np.float64),
+                "copy_gbs": ceilings.measure_copy_gbs()}
         res = W.measure_qcnn_isolated(args.sizes, with_torch=not args.no_torch)
         runs.append({"ceilings": ceil, "sizes": res})
         load = os.getloadavg()[0]

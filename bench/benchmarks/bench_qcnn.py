@@ -24,10 +24,12 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
+
 import fasttn  # noqa: F401  (the suite runs against the installed package)
 
 from . import qcnn_workloads as W
-from .ceilings import copy_gbs, sgemm_gflops
+from .ceilings import copy_gbs, measure_gemm_gflops, sgemm_gflops
 
 
 def _unit(unit):
@@ -92,9 +94,12 @@ class QCNNInference(_Timed):
 def _measure_throughput(_bench=None):
     """Shared by the two classes below (asv keys a setup_cache by its source line): fasttn
     and PyTorch measured once, in turns, each size in a fresh interpreter, with the sgemm
-    rate measured by this process just before."""
-    sgemm = sgemm_gflops()
+    rate measured by this process before and after."""
+    before = sgemm_gflops()
     results = W.measure_qcnn_isolated(W.SIZES, with_torch=True)
+    # the better of a GEMM measurement before and after: one that met another process would
+    # flatter every "% of sgemm"
+    sgemm = max(before, measure_gemm_gflops(np.float32))
     for r in results.values():
         r["best"] = {name: min(t) for name, t in r["times"].items()}
     return {"sgemm_gflops": sgemm, "sizes": results}

@@ -32,7 +32,8 @@ def best_time(fn, repeats: int = 5) -> float:
     return best
 
 
-def _gemm_gflops(dtype) -> float:
+def measure_gemm_gflops(dtype) -> float:
+    """GEMM rate now (uncached), GFLOP/s."""
     rng = np.random.default_rng(0)
     a = rng.random((GEMM_N, GEMM_N), dtype=dtype)
     b = rng.random((GEMM_N, GEMM_N), dtype=dtype)
@@ -43,18 +44,23 @@ def _gemm_gflops(dtype) -> float:
 @functools.lru_cache(maxsize=None)
 def sgemm_gflops() -> float:
     """float32 GEMM rate of this machine, GFLOP/s (cached per process)."""
-    return _gemm_gflops(np.float32)
+    return measure_gemm_gflops(np.float32)
 
 
 @functools.lru_cache(maxsize=None)
 def dgemm_gflops() -> float:
     """float64 GEMM rate of this machine, GFLOP/s (cached per process)."""
-    return _gemm_gflops(np.float64)
+    return measure_gemm_gflops(np.float64)
 
 
 @functools.lru_cache(maxsize=None)
 def copy_gbs() -> float:
     """Memory copy rate of this machine, GB/s of bytes read + written (cached per process)."""
+    return measure_copy_gbs()
+
+
+def measure_copy_gbs() -> float:
+    """Copy rate now (uncached), GB/s."""
     x = np.random.default_rng(0).random(COPY_ELEMENTS, dtype=np.float32)
     y = np.empty_like(x)
     return 2 * x.nbytes / best_time(lambda: np.copyto(y, x), 3) / 1e9

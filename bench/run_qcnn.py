@@ -70,7 +70,8 @@ def print_table(runs: list) -> None:
     sgemm = max(run["ceilings"]["sgemm_gflops"] for run in runs)
     sizes = list(runs[0]["sizes"])
     print(f"\nq-CNN d={W.D} float32, {os.cpu_count()} cores ({cpu_name()}), "
-          f"{datetime.date.today()}; best of {len(runs)} repeats [range over repeats]\n")
+          f"{runs[0].get('date', datetime.date.today())}; best of {len(runs)} repeats "
+          f"[range over repeats]\n")
     head = ["size", "batch", "data"] + [h for _, h in COLUMNS]
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
@@ -142,14 +143,17 @@ def main(argv=None) -> int:
                    help="before each repeat, wait up to this long for the cores to be idle "
                         "(under 15%% busy): other processes distort every figure")
     p.add_argument("--json", help="write every measurement to this file")
-    p.add_argument("--table-from", metavar="JSON", help="print the table of a saved --json file")
+    p.add_argument("--table-from", metavar="JSON", nargs="+",
+                   help="print the table of saved --json files (their repeats pooled)")
     args = p.parse_args(argv)
     if args.table_from:
-        with open(args.table_from) as fh:
-            saved = json.load(fh)
-        for run in saved["runs"]:
+        runs = []
+        for path in args.table_from:
+            with open(path) as fh:
+                runs += json.load(fh)["runs"]
+        for run in runs:
             run["sizes"] = {int(k): v for k, v in run["sizes"].items()}
-        print_table(saved["runs"])
+        print_table(runs)
         return 0
 
     runs = []
@@ -161,7 +165,8 @@ def main(argv=None) -> int:
         res = W.measure_qcnn_isolated(args.sizes, with_torch=not args.no_torch)
         runs.append({"ceilings": ceil, "sizes": res})
         load = os.getloadavg()[0]
-        runs[-1].update(busy_before=busy, load_average_1min=load)
+        runs[-1].update(busy_before=busy, load_average_1min=load,
+                        date=datetime.date.today().isoformat())
         print(f"repeat {i + 1}/{args.repeats}: sgemm {ceil['sgemm_gflops']:.0f} GFLOP/s, "
               f"dgemm {ceil['dgemm_gflops']:.0f}, copy {ceil['copy_gbs']:.1f} GB/s; cores "
               f"{100 * busy:.0f}% busy before it, 1-min load average after {load:.2f}",

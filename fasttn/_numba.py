@@ -8,14 +8,6 @@ import os
 
 import numba
 
-# Numba's "omp" layer (picked when a GNU OpenMP runtime is present, e.g. beside PyTorch) made a
-# 16x16 q-CNN step 20x slower than "workqueue" on the 2-core machine (533 ms vs 27 ms), and
-# collapses further when other processes share the cores. A user's explicit
-# NUMBA_THREADING_LAYER wins; the layer is fixed at Numba's first parallel launch. workqueue
-# runs one parallel launch at a time, so call fasttn's kernels from one thread.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
-
 _DISABLED = os.environ.get("FASTTN_DISABLE_JIT", "") not in ("", "0")
 
 

@@ -62,72 +62,128 @@ def num_threads() -> int:
     return int(env) if env else (os.cpu_count() or 1)
 
 
-class _KernelThreads:
-    """Thread policy while fasttn's CPU kernels run (re-entrant, per calling thread).
+class _KernelBLAS:
+    """One BLAS thread under fasttn's CPU kernels, set once and left so.
 
-    * BLAS runs single-threaded: the kernels parallelise over row chunks with Numba and call
-      BLAS once per chunk, and a multi-threaded BLAS underneath would put two thread pools on
-      the same cores, whose spinning workers stall each other (measured: 20x slower on 2 cores).
-    * Small problems run on one thread: every parallel region ends in a barrier, and when
-      other processes share the cores a descheduled worker holds the barrier for a whole
-      scheduler slice (measured: a 16x16 q-CNN step 12x slower beside one busy process).
+    The kernels parallelise over row chunks with Numba and call BLAS once per chunk from each
+    worker; a multi-threaded BLAS underneath would put two thread pools on the same cores.
+    The thread count is set once rather than lowered and restored around each kernel:
+    OpenBLAS wakes its workers on every restore and they spin for a while, stealing the
+    cores from Numba's workers (measured on 2 cores: a 128x128 q-CNN step 162 ms with a
+    restore per pass, 147 ms set once, over 1 s with a restore per kernel).
+
+    Only the library Numba's ``np.dot`` calls (SciPy's BLAS, through
+    ``scipy.linalg.cython_blas``) is set; NumPy's own BLAS keeps its threads for the user's
+    code. Where one library serves both, both are set.
     """
-
-    #: elements of work below which a kernel runs on the calling thread alone. Off (0): with
-    #: Numba's OpenMP layer, switching a process to one thread and back leaves later large
-    #: kernels several times slower (measured at 128^2), which costs more than it saves.
-    SERIAL_BELOW = 0
 
     def __init__(self):
         import threading
 
-        self._local = threading.local()
-        self._controller = None
+        self._lock = threading.Lock()
+        self.pinned = None  # filepaths of the libraries set to one thread
 
-    def __call__(self, work: int = 0) -> "_KernelThreads":
-        self._local.pending_work = work
-        return self
+    def pin(self) -> None:
+        if self.pinned is not None:
+            return
+        with self._lock:
+            if self.pinned is not None:
+                return
+            import scipy.linalg.cython_blas  # noqa: F401 - load the library Numba calls
+            from threadpoolctl import ThreadpoolController
+
+            blas = [lib for lib in ThreadpoolController().lib_controllers
+                    if lib.user_api == "blas"]
+            numpy_libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)),
+                                      "numpy.libs")
+            kernel_libs = [lib for lib in blas if not lib.filepath.startswith(numpy_libs)]
+            for lib in kernel_libs or blas:
+                lib.set_num_threads(1)
+            self.pinned = [lib.filepath for lib in kernel_libs or blas]
 
     def __enter__(self):
-        import numba
-
-        depth = getattr(self._local, "depth", 0)
-        self._local.depth = depth + 1
-        work = getattr(self._local, "pending_work", 0)
-        self._local.pending_work = 0
-        stack = getattr(self._local, "threads", None)
-        if stack is None:
-            stack = self._local.threads = []
-        if 0 < work < self.SERIAL_BELOW:
-            stack.append(numba.get_num_threads())
-            numba.set_num_threads(1)
-        else:
-            stack.append(None)  # untouched: even a no-op set_num_threads costs with OpenMP
-        if depth == 0:
-            if self._controller is None:
-                from threadpoolctl import ThreadpoolController
-
-                self._controller = ThreadpoolController()
-            self._local.limit = self._controller.limit(limits=1, user_api="blas")
+        self.pin()
         return self
 
     def __exit__(self, *exc):
-        import numba
-
-        previous = self._local.threads.pop()
-        if previous is not None:
-            numba.set_num_threads(previous)
-        self._local.depth -= 1
-        if self._local.depth == 0:
-            self._local.limit.restore_original_limits()
-            self._local.limit = None
         return False
 
 
-_KERNEL_THREADS = _KernelThreads()
+_KERNEL_BLAS = _KernelBLAS()
 
 
-def kernel_threads(work: int = 0) -> _KernelThreads:
-    """Context for CPU kernels: single-threaded BLAS, and one thread for ``work`` (elements
-    touched) below :attr:`_KernelThreads.SERIAL_BELOW`; ``work=0`` keeps the thread count."""
-    return _KERNEL_THREADS(work)
+def kernel_threads() -> _KernelBLAS:
+    """Context for fasttn's CPU kernels: the BLAS they call runs on one thread (set on first
+    use, then left so; see :class:`_KernelBLAS`)."""
+    return _KERNEL_BLAS
+
+
+class _Lease:
+    """Owner of a pooled block while any array made from it lives.
+
+    Arrays are built from this object's ``__array_interface__``, so every array and view
+    derived from them keeps the lease (not the raw block) as its base; the block returns to
+    the pool only when the last of them dies. (A finaliser on an ndarray view would fire too
+    early: NumPy points views of views straight at the owning block.)
+    """
+
+    __slots__ = ("block", "__array_interface__", "__weakref__")
+
+    def __init__(self, block: np.ndarray, shape: tuple, dtype: np.dtype):
+        self.block = block
+        self.__array_interface__ = {"shape": tuple(shape), "typestr": dtype.str,
+                                    "data": (block.ctypes.data, False), "version": 3}
+
+
+class _BufferPool:
+    """Reuses large host buffers between calls (forward/backward passes of the same shapes).
+
+    A fresh multi-megabyte array costs the kernel page faults and zero-filling on first
+    touch, several times the arithmetic of a first q-CNN level (measured: 18 -> 36 channels
+    over 262,144 rows, 5 ms into reused buffers, 17-47 ms into fresh ones).
+    """
+
+    MIN_BYTES = 1 << 20
+
+    def __init__(self, max_free_bytes: int = 2 << 30):
+        import threading
+
+        self._free: dict = {}
+        self._free_bytes = 0
+        self.max_free_bytes = max_free_bytes
+        self._lock = threading.Lock()
+
+    def empty(self, shape, dtype) -> np.ndarray:
+        """An uninitialised C-contiguous array, from the pool when one of its size is free."""
+        import weakref
+
+        dtype = np.dtype(dtype)
+        shape = tuple(int(n) for n in shape)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if nbytes < self.MIN_BYTES:
+            return np.empty(shape, dtype)
+        with self._lock:
+            blocks = self._free.get(nbytes)
+            block = blocks.pop() if blocks else None
+            if block is not None:
+                self._free_bytes -= nbytes
+        if block is None:
+            block = np.empty(nbytes, np.uint8)
+        lease = _Lease(block, shape, dtype)
+        weakref.finalize(lease, self._give_back, block)
+        return np.asarray(lease)
+
+    def _give_back(self, block: np.ndarray) -> None:
+        with self._lock:
+            if self._free_bytes + block.nbytes <= self.max_free_bytes:
+                self._free.setdefault(block.nbytes, []).append(block)
+                self._free_bytes += block.nbytes
+
+    def clear(self) -> None:
+        """Return the pooled memory to the system."""
+        with self._lock:
+            self._free.clear()
+            self._free_bytes = 0
+
+
+workspace = _BufferPool()

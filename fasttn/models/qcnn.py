@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import ops
-from ..backend import array_module, kernel_threads, to_numpy
+from ..backend import array_module, to_numpy
 from .._validate import (check_choice, check_dtype, check_finite, check_float_array,
                          check_labels, check_positive_int)
 from ..ops.feature_maps import FEATURE_MAPS, n_channels
@@ -219,10 +219,6 @@ class QCNN(Estimator):
         Returns ``(scores, log_scores, loss, grads, used_stats)`` where ``log_scores`` is
         ``(logabs, sign)`` in the log domain (None in the linear one).
         """
-        with kernel_threads():  # one BLAS thread-limit for the whole pass
-            return self._forward_backward_body(chains, y, training, domain)
-
-    def _forward_backward_body(self, chains, y, training, domain):
         x = self._features(chains)
         xp = array_module(x)
         win = self.window_

@@ -86,15 +86,16 @@ def feature_map(x: Any, name: str = "fourier", n_features: int = 18, constant: b
     xp = array_module(x)
     n_channels(name, n_features, constant)
     dtype = np.dtype(dtype or x.dtype)
-    out = xp.empty(x.shape + (n_features + int(constant),), dtype=dtype)
+    shape = x.shape + (n_features + int(constant),)
     if xp is np and x.size:
-        from ..backend import kernel_threads
+        from ..backend import kernel_threads, workspace
 
-        with kernel_threads(out.size):
+        out = workspace.empty(shape, dtype)
+        with kernel_threads():
             _feature_map_cpu(np.ascontiguousarray(x), _CODES[name], n_features, int(constant),
                              out)
         return out
-    return feature_map_reference(x, name, n_features, constant, out)
+    return feature_map_reference(x, name, n_features, constant, xp.empty(shape, dtype=dtype))
 
 
 def feature_map_reference(x: Any, name: str, n_features: int, constant: bool, out: Any) -> Any:

@@ -52,7 +52,7 @@ def product_pool(x: Any, window: int = 2) -> Any:
     out : (batch, sites // window, channels) or (batch, height // 2, width // 2, channels)
     """
     _check("x", x, window)
-    with kernel_threads(x.size):
+    with kernel_threads():
         return _impl(x).product_pool(x, window)
 
 
@@ -65,7 +65,7 @@ def product_pool_backward(saved: Any, grad_out: Any) -> Any:
     """Gradient with respect to ``x`` given ``grad_out`` of the output's shape."""
     x, window = saved
     check_float_array("grad_out", grad_out, ndim=x.ndim, dtype=x.dtype)
-    with kernel_threads(x.size):
+    with kernel_threads():
         return _impl(x).product_pool_backward(x, grad_out, window)
 
 
@@ -75,7 +75,7 @@ def product_pool_log(logabs: Any, sign: Any, window: int = 2) -> Tuple[Any, Any]
     if sign.shape != logabs.shape:
         raise ValueError(f"sign: expected shape {tuple(logabs.shape)} (that of logabs), "
                          f"got {tuple(sign.shape)}")
-    with kernel_threads(logabs.size):
+    with kernel_threads():
         return _impl(logabs).product_pool_log(logabs, sign, window)
 
 

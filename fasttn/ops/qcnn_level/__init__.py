@@ -61,7 +61,7 @@ def batch_stats(x: Any):
     check_float_array("x", x, ndim=3)
     if array_module(x) is np:
         x2 = x.reshape(-1, x.shape[2])
-        with kernel_threads(x2.size):
+        with kernel_threads():
             return cpu.column_stats(x2, cpu._chunks(x2.shape[0]))
     return _impls(x)[0].batch_stats(x)  # pragma: no cover - needs a GPU
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..._numba import njit, prange
-from ...backend import kernel_threads, num_threads
+from ...backend import kernel_threads, num_threads, workspace
 
 _CHUNK_BYTES = 256 * 1024
 
@@ -164,7 +164,7 @@ def qcnn_level_forward(x, weight, gamma, beta, *, window, eps, training, mean=No
     b, s, d_in = x.shape
     d_out = weight.shape[0]
     x2 = x.reshape(b * s, d_in)
-    with kernel_threads(b * s * (d_in + d_out)):
+    with kernel_threads():
         if training and mean is None:
             mean, var = column_stats(x2, _chunks(b * s))
         mean = np.asarray(mean, np.float64)
@@ -174,8 +174,8 @@ def qcnn_level_forward(x, weight, gamma, beta, *, window, eps, training, mean=No
         a_w = np.ascontiguousarray((weight * w).astype(x.dtype))
         bias = (weight.astype(np.float64) @ z).astype(x.dtype)
         n_out = b * s // window
-        xi = np.empty((b * s, d_out), x.dtype)
-        out = np.empty((n_out, d_out), x.dtype)
+        xi = workspace.empty((b * s, d_out), x.dtype)
+        out = workspace.empty((n_out, d_out), x.dtype)
         rows = _rows_per_chunk(b * s, d_out, x.itemsize, window)
         sums = _level_forward(x2, np.ascontiguousarray(a_w.T), bias, window, rows, xi, out)
     stats = None
@@ -190,8 +190,8 @@ def qcnn_level_backward(saved, g_out, need_g_x=True):
     x2, xi, bias, a_w, weight, w, z, mean, inv_std, window, training, shape = saved
     n, d_in = x2.shape
     g2 = np.ascontiguousarray(g_out.reshape(-1, weight.shape[0]))
-    g_x = np.empty(x2.shape, x2.dtype) if need_g_x else np.empty((0, d_in), x2.dtype)
-    with kernel_threads(n * (d_in + xi.shape[1])):
+    g_x = workspace.empty(x2.shape, x2.dtype) if need_g_x else np.empty((0, d_in), x2.dtype)
+    with kernel_threads():
         rows = _rows_per_chunk(n, max(d_in, xi.shape[1]), x2.itemsize, window)
         s, gram = _level_backward(x2, xi, bias, g2, window, a_w, rows, g_x, need_g_x)
         w64 = weight.astype(np.float64)

@@ -119,7 +119,7 @@ def _log_bn_stat_correction(la, sg, g_la, gamma, log_std, mean_std, g_beta, g_ga
 
 def qcnn_level_log_forward(logabs, sign, weight, gamma, beta, *, window, eps, training,
                            mean=None, var=None):
-    with kernel_threads(logabs.size + logabs.shape[0] * logabs.shape[1] * weight.shape[0]):
+    with kernel_threads():
         return _log_forward(logabs, sign, weight, gamma, beta, window=window, eps=eps,
                             training=training, mean=mean, var=var)
 
@@ -155,7 +155,7 @@ def _log_forward(logabs, sign, weight, gamma, beta, *, window, eps, training, me
 
 
 def qcnn_level_log_backward(saved, g_out):
-    with kernel_threads(saved[0].size + saved[8].size):
+    with kernel_threads():
         return _log_backward(saved, g_out)
 
 

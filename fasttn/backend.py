@@ -151,7 +151,7 @@ class _BufferPool:
         self._free: dict = {}
         self._free_bytes = 0
         self.max_free_bytes = max_free_bytes
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a finaliser may run inside the locked section
 
     def empty(self, shape, dtype) -> np.ndarray:
         """An uninitialised C-contiguous array, from the pool when one of its size is free."""

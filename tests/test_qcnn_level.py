@@ -3,7 +3,8 @@ import pytest
 
 from conftest import DTYPES, assert_close, check_gradient
 from fasttn.ops import (qcnn_level, qcnn_level_backward, qcnn_level_forward,
-                        qcnn_level_log_backward, qcnn_level_log_forward)
+                        qcnn_level_log_backward, qcnn_level_log_forward,
+                        qcnn_level_scaled_forward)
 from fasttn.ops.qcnn_level import reference as ref
 
 CASES = [(3, 8, 5, 7, 2), (2, 16, 4, 4, 4), (4, 6, 3, 5, 1), (1, 4, 18, 36, 2), (6, 32, 9, 3, 2)]
@@ -143,3 +144,46 @@ def test_bad_input_is_named(rng, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         qcnn_level_forward(x, w, g, be, window=kwargs.get("window", 2),
                            training=kwargs.get("training", True))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b,s,d_in,d_out,window", CASES)
+def test_scaled_matches_reference_and_linear(rng, dtype, b, s, d_in, d_out, window):
+    x, w, g, be, stats = make(rng, b, s, d_in, d_out, dtype, False)
+    # Per-site scales from 1e-30 to 1e+30, mixed within the batch.
+    logscale = rng.uniform(-70.0, 70.0, (b, s))
+    kw = dict(window=window, eps=1e-5)
+    out, out_ls = qcnn_level_scaled_forward(x, logscale, w, g, be, stats=stats, **kw)
+    assert out.dtype == dtype and out.shape == (b, s // window, d_out)
+    assert out_ls.shape == (b, s // window)
+    ref_out, ref_ls = ref.qcnn_level_scaled_forward(*f64(x, logscale, w, g, be), **kw,
+                                                    **ref_kwargs(stats))
+    # Values compared with their scales: out * exp(ls - ref_ls) against ref_out, per site.
+    assert_close(out * np.exp(out_ls - ref_ls)[..., None], ref_out, dtype, "scaled forward")
+    assert np.abs(out).max(axis=2).max() <= 1.0 + 1e-6
+    # Same values as the linear level in float64 on the unscaled input, where it is finite.
+    x_lin = x.astype(np.float64) * np.exp(logscale)[..., None]
+    lin = ref.qcnn_level_forward(x_lin, *f64(w, g, be), training=False, **kw,
+                                 **ref_kwargs(stats))[0]
+    scale = np.exp(out_ls)[..., None]
+    err = np.abs(out * scale - lin) / np.maximum(np.abs(lin).max(axis=2, keepdims=True), 1e-300)
+    assert err.max() <= RTOL_SCALED[np.dtype(dtype).type], err.max()
+
+
+RTOL_SCALED = {np.float64: 1e-9, np.float32: 1e-4}
+
+
+def test_scaled_matches_log_domain_beyond_float_range(rng):
+    b, s, d = 2, 16, 3
+    x, w, g, be, stats = make(rng, b, s, d, 5, np.float64, False)
+    logscale = rng.choice([-3000.0, 3000.0], size=(b, s)) + rng.uniform(-5, 5, (b, s))
+    out, out_ls = qcnn_level_scaled_forward(x, logscale, w, g, be, stats=stats, window=2)
+    la = np.log(np.abs(x)) + logscale[..., None]
+    out_la, out_sg, _, _ = qcnn_level_log_forward(la, np.sign(x).astype(np.int8), w, g, be,
+                                                  window=2, training=False, stats=stats)
+    assert np.isfinite(out_ls).all()
+    # Compare log-magnitudes where the value is not a near-cancellation.
+    big = np.abs(out) > 1e-6
+    np.testing.assert_allclose((np.log(np.abs(out)) + out_ls[..., None])[big], out_la[big],
+                               rtol=0, atol=1e-8)
+    np.testing.assert_array_equal(np.sign(out)[big], out_sg[big])

@@ -63,7 +63,8 @@ class QCNN(Estimator):
     domain : {"auto", "linear", "log"}
         Arithmetic of the hierarchy. ``log`` carries log|x| and a sign and is finite at any
         depth; ``linear`` is faster. ``auto`` trains in the linear domain (batch statistics
-        bound every level) and predicts in the log domain (running statistics do not).
+        bound every level) and predicts with one log-scale per site (running statistics do
+        not bound the levels; this is finite at any depth at the speed of the linear form).
     pad : bool
         Zero-pad images whose sides are not powers of two (otherwise an error).
     dtype : {"float32", "float64"}
@@ -235,6 +236,20 @@ class QCNN(Estimator):
                 tapes.append(saved)
             scores = to_numpy(x[:, 0, :])
             log_scores = None
+        elif domain == "scaled":  # inference only: one log-scale per site
+            if training or y is not None:
+                raise ValueError("the scaled domain is for inference; train in 'linear' or 'log'")
+            logscale = xp.zeros(x.shape[:2])
+            for l in range(L + 1):
+                x, logscale = ops.qcnn_level_scaled_forward(
+                    x, logscale, self.weights_[l], self.gammas_[l], self.betas_[l],
+                    window=win if l < L else 1, eps=self.eps,
+                    stats=(self.running_means_[l], self.running_vars_[l]))
+            out, logscale = to_numpy(x[:, 0, :]), to_numpy(logscale[:, :1])
+            with np.errstate(divide="ignore"):
+                log_scores = (np.log(np.abs(out)) + logscale, np.sign(out).astype(np.int8))
+            with np.errstate(over="ignore"):
+                scores = out * np.exp(logscale)
         else:
             with np.errstate(divide="ignore"):
                 la = xp.log(xp.abs(x))
@@ -273,7 +288,7 @@ class QCNN(Estimator):
         return "log" if self.domain == "log" else "linear"
 
     def _predict_domain(self) -> str:
-        return "linear" if self.domain == "linear" else "log"
+        return {"auto": "scaled"}.get(self.domain, self.domain)
 
     def _update_running(self, used: List[Tuple[np.ndarray, np.ndarray]], batch: int) -> None:
         m = self.momentum

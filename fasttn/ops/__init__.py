@@ -4,9 +4,10 @@ from .layout import site_order
 from .product_pool import (product_pool, product_pool_backward, product_pool_forward,
                            product_pool_log, product_pool_log_backward)
 from .qcnn_level import (batch_stats, qcnn_level, qcnn_level_backward, qcnn_level_forward,
-                         qcnn_level_log_backward, qcnn_level_log_forward)
+                         qcnn_level_log_backward, qcnn_level_log_forward,
+                         qcnn_level_scaled_forward)
 
 __all__ = ["feature_map", "site_order", "product_pool", "product_pool_forward",
            "product_pool_backward", "product_pool_log", "product_pool_log_backward",
            "batch_stats", "qcnn_level", "qcnn_level_forward", "qcnn_level_backward", "qcnn_level_log_forward",
-           "qcnn_level_log_backward"]
+           "qcnn_level_log_backward", "qcnn_level_scaled_forward"]

@@ -2,7 +2,8 @@
 
 Linear form: ``x : (batch, sites, d_in) -> out : (batch, sites // window, d_out)``.
 Log form: ``(logabs, sign)`` in and out, gradients with respect to ``logabs``; finite at any
-depth. ``window = 1`` is the classifier head (batch norm + dense map, no pooling).
+depth. Scaled form (inference): values of order one with one log-scale per site,
+``x * exp(logscale)``; finite at any depth at the cost of the linear form. ``window = 1`` is the classifier head (batch norm + dense map, no pooling).
 
 Each forward returns ``(..., saved, stats)``: ``saved`` is exactly what the backward needs,
 ``stats = (mean, var)`` are the batch statistics used (for running averages); the linear CPU
@@ -20,7 +21,7 @@ from ...backend import array_module, kernel_threads
 from . import cpu, cpu_log, reference
 
 __all__ = ["batch_stats", "qcnn_level", "qcnn_level_forward", "qcnn_level_backward",
-           "qcnn_level_log_forward", "qcnn_level_log_backward"]
+           "qcnn_level_log_forward", "qcnn_level_log_backward", "qcnn_level_scaled_forward"]
 
 
 def _impls(x: Any):
@@ -134,3 +135,29 @@ def qcnn_level_log_forward(logabs: Any, sign: Any, weight: Any, gamma: Any, beta
 def qcnn_level_log_backward(saved: Any, g_out: Any):
     """``(g_logabs, g_weight, g_gamma, g_beta)`` given ``g_out = dL/d out_logabs``."""
     return _impls(g_out)[1].qcnn_level_log_backward(saved, g_out)
+
+
+def qcnn_level_scaled_forward(x: Any, logscale: Any, weight: Any, gamma: Any, beta: Any, *,
+                              stats: Tuple[Any, Any], window: int = 2, eps: float = 1e-5):
+    """Inference level on ``x * exp(logscale[..., None])`` with running statistics.
+
+    Parameters
+    ----------
+    x : (batch, sites, d_in)
+        Values of order one (e.g. the previous scaled level's output).
+    logscale : (batch, sites) float64
+        Log-magnitude of each site.
+    stats : (mean, var)
+        Running statistics of the level input, in absolute (unscaled) units.
+
+    Returns
+    -------
+    out : (batch, sites // window, d_out)
+        Each output site divided by its largest magnitude.
+    out_logscale : (batch, sites // window) float64
+    """
+    _check("x", x, weight, gamma, beta, window, False, stats)
+    check_shape("logscale", logscale, tuple(x.shape[:2]))
+    return _impls(x)[0].qcnn_level_scaled_forward(x, logscale, weight, gamma, beta,
+                                                  window=window, eps=eps, mean=stats[0],
+                                                  var=stats[1])

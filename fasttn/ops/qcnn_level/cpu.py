@@ -10,6 +10,8 @@ so the batch-norm parameter gradients come from small reductions, never an extra
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..._numba import njit, prange
@@ -149,6 +151,71 @@ def _level_backward(x2, xi, bias, g_out, window, a_w, rows, g_x, need_g_x):
     return sums.sum(axis=0), gram
 
 
+_NO_SCALE = -1e300  # log of zero, finite: fastmath code may not meet infinities
+
+
+@njit(parallel=True, fastmath=True)
+def _level_scaled_forward(x2, logscale, a_w_t, w, log_z_max, bias, window, rows, out,
+                          out_logscale):
+    """The scaled-domain level (``reference.qcnn_level_scaled_forward``), chunk by chunk:
+    ``xi = x2 @ a_w_t`` in cache, each row moved into its shifted frame, pooled, and each
+    output row divided by its largest magnitude."""
+    n, d_in = x2.shape
+    d = a_w_t.shape[1]
+    n_chunks = (n + rows - 1) // rows
+    for t in prange(n_chunks):
+        a = t * rows
+        b = min(n, a + rows)
+        xi = np.empty((b - a, d), x2.dtype)
+        np.dot(x2[a:b], a_w_t, xi)
+        alpha = np.empty(b - a, x2.dtype)
+        shift = np.empty(b - a, x2.dtype)
+        c = np.empty(b - a)
+        for r in range(a, b):
+            mx = 0.0
+            for i in range(d_in):
+                mx = max(mx, abs(w[i] * x2[r, i]))
+            cr = log_z_max
+            if mx > 0.0:
+                cr = max(cr, logscale[r] + math.log(mx))
+            if cr <= _NO_SCALE:
+                cr = 0.0
+            c[r - a] = cr
+            alpha[r - a] = math.exp(logscale[r] - cr)
+            shift[r - a] = math.exp(-cr)
+        for p in range(a // window, b // window):
+            m = 0.0
+            r0 = window * p - a
+            if window == 1:
+                for j in range(d):
+                    acc = alpha[r0] * xi[r0, j] + shift[r0] * bias[j]
+                    out[p, j] = acc
+                    m = max(m, abs(acc))
+            elif window == 2:
+                for j in range(d):
+                    acc = ((alpha[r0] * xi[r0, j] + shift[r0] * bias[j])
+                           * (alpha[r0 + 1] * xi[r0 + 1, j] + shift[r0 + 1] * bias[j]))
+                    out[p, j] = acc
+                    m = max(m, abs(acc))
+            else:
+                for j in range(d):
+                    acc = ((alpha[r0] * xi[r0, j] + shift[r0] * bias[j])
+                           * (alpha[r0 + 1] * xi[r0 + 1, j] + shift[r0 + 1] * bias[j])
+                           * (alpha[r0 + 2] * xi[r0 + 2, j] + shift[r0 + 2] * bias[j])
+                           * (alpha[r0 + 3] * xi[r0 + 3, j] + shift[r0 + 3] * bias[j]))
+                    out[p, j] = acc
+                    m = max(m, abs(acc))
+            ls = 0.0
+            for k in range(window):
+                ls += c[r0 + k]
+            if m > 0.0:
+                inv = 1.0 / m
+                for j in range(d):
+                    out[p, j] *= inv
+                ls += math.log(m)
+            out_logscale[p] = ls
+
+
 @njit(parallel=True, fastmath=True)
 def _bn_input_correction(g_x, x, scale, shift):
     """``g_x -= scale * x + shift`` column-wise: the batch-statistics part of the BN backward."""
@@ -208,3 +275,24 @@ def qcnn_level_backward(saved, g_out, need_g_x=True):
     dt = x2.dtype
     return (None if g_x is None else g_x.reshape(shape), g_weight.astype(dt), g_gamma.astype(dt),
             g_beta.astype(dt))
+
+
+def qcnn_level_scaled_forward(x, logscale, weight, gamma, beta, *, window, eps, mean, var):
+    """See :func:`fasttn.ops.qcnn_level.qcnn_level_scaled_forward`."""
+    b, s, d_in = x.shape
+    d_out = weight.shape[0]
+    x2 = x.reshape(b * s, d_in)
+    w = gamma.astype(np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+    z = beta.astype(np.float64) - np.asarray(mean, np.float64) * w
+    z_max = np.abs(z).max() if z.size else 0.0
+    log_z_max = float(np.log(z_max)) if z_max > 0 else _NO_SCALE
+    with kernel_threads():
+        a_w_t = np.ascontiguousarray((weight * w).astype(x.dtype).T)
+        bias = (weight.astype(np.float64) @ z).astype(x.dtype)
+        n_out = b * s // window
+        out = workspace.empty((n_out, d_out), x.dtype)
+        out_logscale = np.empty(n_out, np.float64)
+        rows = _rows_per_chunk(b * s, d_out, x.itemsize, window)
+        _level_scaled_forward(x2, np.ascontiguousarray(logscale, np.float64).reshape(-1), a_w_t,
+                              w, log_z_max, bias, window, rows, out, out_logscale)
+    return out.reshape(b, s // window, d_out), out_logscale.reshape(b, s // window)

@@ -134,3 +134,31 @@ def qcnn_level_log_backward(saved, g_out):
         n = logabs.shape[0] * logabs.shape[1]
         g_logabs = g_logabs - gamma * (x_hat + mean_std) * (g_beta + x_hat * g_gamma) / n
     return g_logabs, g_weight, g_gamma, g_beta
+
+
+# ---------------------------------------------------------------------------- scaled domain
+def qcnn_level_scaled_forward(x, logscale, weight, gamma, beta, *, window, eps, mean, var):
+    """Inference (running statistics) on ``x * exp(logscale)``, one log-scale per site.
+
+    ``x : (batch, sites, d_in)`` holds values of order one and ``logscale : (batch, sites)``
+    their common log-magnitude. Batch norm is applied in a frame shifted per site by
+    ``c = max(logscale + log max_i |w_i x_i|, log max_i |z_i|)`` (``w = gamma / std``,
+    ``z = beta - mean w``), so both of its terms are at most one in magnitude and the larger
+    is one; the convolution runs in that frame; each pooled output site is divided by its
+    largest magnitude, which moves into its log-scale. Returns ``(out, out_logscale)``.
+    """
+    w = gamma / np.sqrt(var + eps)
+    z = beta - mean * w
+    with np.errstate(divide="ignore"):
+        lx = logscale + np.log(np.max(np.abs(w * x), axis=2))
+        lz = np.log(np.max(np.abs(z))) if z.size else -np.inf
+    c = np.maximum(lx, lz)
+    c = np.where(np.isfinite(c), c, 0.0)
+    zp_hat = (w * x * np.exp(logscale - c)[..., None] + z * np.exp(-c)[..., None])
+    xi_hat = zp_hat @ weight.T
+    b, s, d = xi_hat.shape
+    prod = np.prod(xi_hat.reshape(b, s // window, window, d), axis=2)
+    m = np.max(np.abs(prod), axis=2)
+    m = np.where(m > 0, m, 1.0)
+    out_logscale = c.reshape(b, s // window, window).sum(axis=2) + np.log(m)
+    return prod / m[..., None], out_logscale

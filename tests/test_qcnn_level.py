@@ -187,3 +187,18 @@ def test_scaled_matches_log_domain_beyond_float_range(rng):
     np.testing.assert_allclose((np.log(np.abs(out)) + out_ls[..., None])[big], out_la[big],
                                rtol=0, atol=1e-8)
     np.testing.assert_array_equal(np.sign(out)[big], out_sg[big])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scaled_without_shift_at_tiny_scales(rng, dtype):
+    # beta = mean = 0: no batch-norm shift, so the frame follows the data down to e^-2000,
+    # where exp(-c) alone overflows every float type.
+    x, w, g, _, _ = make(rng, 2, 8, 4, 3, dtype, False)
+    be = np.zeros(4, dtype)
+    stats = (np.zeros(4), rng.uniform(0.5, 2.0, 4))
+    logscale = rng.uniform(-2000.0, -1000.0, (2, 8))
+    out, out_ls = qcnn_level_scaled_forward(x, logscale, w, g, be, stats=stats, window=2)
+    ref_out, ref_ls = ref.qcnn_level_scaled_forward(*f64(x, logscale, w, g, be), window=2,
+                                                    eps=1e-5, mean=stats[0], var=stats[1])
+    assert np.isfinite(out).all() and np.isfinite(out_ls).all()
+    assert_close(out * np.exp(out_ls - ref_ls)[..., None], ref_out, dtype, "scaled, no shift")

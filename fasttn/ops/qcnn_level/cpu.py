@@ -157,6 +157,7 @@ _NO_SCALE = -1e300  # log of zero, finite: fastmath code may not meet infinities
 @njit(parallel=True, fastmath=True)
 def _level_scaled_forward(x2, logscale, a_w_t, w, log_z_max, bias, window, rows, out,
                           out_logscale):
+    # ``bias`` arrives divided by max|z| (so ``shift * bias`` never forms exp(-c) alone)
     """The scaled-domain level (``reference.qcnn_level_scaled_forward``), chunk by chunk:
     ``xi = x2 @ a_w_t`` in cache, each row moved into its shifted frame, pooled, and each
     output row divided by its largest magnitude."""
@@ -168,8 +169,10 @@ def _level_scaled_forward(x2, logscale, a_w_t, w, log_z_max, bias, window, rows,
         b = min(n, a + rows)
         xi = np.empty((b - a, d), x2.dtype)
         np.dot(x2[a:b], a_w_t, xi)
-        alpha = np.empty(b - a, x2.dtype)
-        shift = np.empty(b - a, x2.dtype)
+        # float64: alpha = exp(logscale - c) and exp(log_z_max - c) are at most 1 / max|w x|
+        # and 1, but the former alone may exceed the float32 range
+        alpha = np.empty(b - a)
+        shift = np.empty(b - a)
         c = np.empty(b - a)
         for r in range(a, b):
             mx = 0.0
@@ -182,7 +185,7 @@ def _level_scaled_forward(x2, logscale, a_w_t, w, log_z_max, bias, window, rows,
                 cr = 0.0
             c[r - a] = cr
             alpha[r - a] = math.exp(logscale[r] - cr)
-            shift[r - a] = math.exp(-cr)
+            shift[r - a] = math.exp(log_z_max - cr) if log_z_max > _NO_SCALE else 0.0
         for p in range(a // window, b // window):
             m = 0.0
             r0 = window * p - a
@@ -288,7 +291,7 @@ def qcnn_level_scaled_forward(x, logscale, weight, gamma, beta, *, window, eps, 
     log_z_max = float(np.log(z_max)) if z_max > 0 else _NO_SCALE
     with kernel_threads():
         a_w_t = np.ascontiguousarray((weight * w).astype(x.dtype).T)
-        bias = (weight.astype(np.float64) @ z).astype(x.dtype)
+        bias = weight.astype(np.float64) @ (z / z_max if z_max > 0 else z)
         n_out = b * s // window
         out = workspace.empty((n_out, d_out), x.dtype)
         out_logscale = np.empty(n_out, np.float64)

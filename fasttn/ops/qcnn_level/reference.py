@@ -154,7 +154,9 @@ def qcnn_level_scaled_forward(x, logscale, weight, gamma, beta, *, window, eps, 
         lz = np.log(np.max(np.abs(z))) if z.size else -np.inf
     c = np.maximum(lx, lz)
     c = np.where(np.isfinite(c), c, 0.0)
-    zp_hat = (w * x * np.exp(logscale - c)[..., None] + z * np.exp(-c)[..., None])
+    # z exp(-c) as (z / max|z|) exp(lz - c): exp(-c) alone overflows when c << 0
+    z_part = (z / np.exp(lz)) * np.exp(lz - c)[..., None] if np.isfinite(lz) else 0.0
+    zp_hat = w * x * np.exp(logscale - c)[..., None] + z_part
     xi_hat = zp_hat @ weight.T
     b, s, d = xi_hat.shape
     prod = np.prod(xi_hat.reshape(b, s // window, window, d), axis=2)

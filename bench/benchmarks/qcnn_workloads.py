@@ -107,8 +107,9 @@ class FasttnQCNN:
         self.opt.step(grads)
         self.last_loss = loss
 
-    def infer(self, domain: str = "log") -> np.ndarray:
-        """Scores of the batch with the running statistics (``predict`` uses ``"log"``)."""
+    def infer(self, domain: str = "scaled") -> np.ndarray:
+        """Scores of the batch with the running statistics: ``"scaled"`` (one log-scale per
+        site; what ``predict`` uses), ``"linear"`` or ``"log"`` (log|x| and sign)."""
         return self.model._forward_backward(self.chains, None, False, domain)[0]
 
     @property
@@ -201,15 +202,17 @@ def measure_qcnn(sizes=SIZES, with_torch: bool = True, **kw) -> Dict[int, dict]:
     """Training and inference wall times of fasttn (and PyTorch) at each size, interleaved.
 
     Returns ``{size: {"batch", "source", "train_flops", "forward_flops", "times": {name:
-    [seconds]}, "finite": bool}}`` with names ``fasttn_train``, ``fasttn_infer_log``,
-    ``fasttn_infer_linear`` and, with PyTorch, ``torch_train``, ``torch_infer``.
+    [seconds]}, "finite": bool}}`` with names ``fasttn_train``, ``fasttn_infer`` (scaled, as
+    ``predict``), ``fasttn_infer_linear``, ``fasttn_infer_log`` and, with PyTorch,
+    ``torch_train``, ``torch_infer``.
     """
     out = {}
     for size in sizes:
         f = FasttnQCNN(size)
         train = {"fasttn_train": f.train_step}
-        infer = {"fasttn_infer_log": lambda f=f: f.infer("log"),
-                 "fasttn_infer_linear": lambda f=f: f.infer("linear")}
+        infer = {"fasttn_infer": lambda f=f: f.infer("scaled"),
+                 "fasttn_infer_linear": lambda f=f: f.infer("linear"),
+                 "fasttn_infer_log": lambda f=f: f.infer("log")}
         t = None
         if with_torch and torch_available():
             t = TorchQCNN(f)

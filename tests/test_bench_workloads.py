@@ -1,0 +1,43 @@
+"""The benchmark workloads run and their figures are computed (timings themselves live in
+bench/, never in tests)."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_qcnn_workloads_and_table_figures():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        W = _load("benchmarks.qcnn_workloads", ROOT / "bench" / "benchmarks" / "qcnn_workloads.py")
+        run = _load("run_qcnn", ROOT / "bench" / "run_qcnn.py")
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    f = W.FasttnQCNN(16, batch=8)
+    f.train_step()
+    assert np.isfinite(f.last_loss)
+    scores = {d: f.infer(d) for d in ("scaled", "linear", "log")}
+    for d in ("linear", "log"):
+        np.testing.assert_allclose(scores[d], scores["scaled"], rtol=1e-3,
+                                   atol=1e-3 * np.abs(scores["scaled"]).max())
+    times = W.measure_interleaved({"fasttn_train": f.train_step,
+                                   "fasttn_infer": lambda: f.infer("scaled"),
+                                   "fasttn_infer_linear": lambda: f.infer("linear"),
+                                   "fasttn_infer_log": lambda: f.infer("log")},
+                                  min_runs=1, max_runs=1, budget_s=0.0)
+    r = {"batch": f.batch, "train_flops": f.train_flops, "times": times}
+    fig = run.figures(r, sgemm=100.0)
+    for key in ("fasttn_train", "fasttn_infer", "fasttn_infer_linear", "fasttn_infer_log",
+                "train_gflops", "train_pct_sgemm"):
+        assert np.isfinite(fig[key]) and fig[key] > 0, key

@@ -146,6 +146,11 @@ def test_bad_input_is_named(rng, kwargs, match):
                            training=kwargs.get("training", True))
 
 
+# Against the linear level on unscaled float64 inputs: the float32 path also rounds its
+# input scale into the frame, so float64 is held to 1e-9 rather than the per-op 1e-10.
+RTOL_SCALED = {np.float64: 1e-9, np.float32: 1e-4}
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b,s,d_in,d_out,window", CASES)
 def test_scaled_matches_reference_and_linear(rng, dtype, b, s, d_in, d_out, window):
@@ -168,9 +173,6 @@ def test_scaled_matches_reference_and_linear(rng, dtype, b, s, d_in, d_out, wind
     scale = np.exp(out_ls)[..., None]
     err = np.abs(out * scale - lin) / np.maximum(np.abs(lin).max(axis=2, keepdims=True), 1e-300)
     assert err.max() <= RTOL_SCALED[np.dtype(dtype).type], err.max()
-
-
-RTOL_SCALED = {np.float64: 1e-9, np.float32: 1e-4}
 
 
 def test_scaled_matches_log_domain_beyond_float_range(rng):

@@ -6,7 +6,6 @@ The model holds parameters and orchestrates; every level is one call of the fuse
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np

@@ -40,6 +40,15 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--domain", default="auto", choices=["auto", "linear", "log"])
     q.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     q.add_argument("--pad", action="store_true", help="zero-pad sides to powers of two")
+    q.add_argument("--augment-shift", type=float, default=0.0,
+                   help="shift each training image by a random sub-pixel offset of up to this "
+                        "many pixels per axis, fresh every batch (0: no augmentation)")
+    q.add_argument("--val-split", type=float, default=0.0,
+                   help="hold out this fraction of the training images for validation "
+                        "(reported as val_accuracy; the test set is then only scored at the end)")
+    q.add_argument("--restore-best", action="store_true",
+                   help="keep the parameters of the epoch of best validation accuracy "
+                        "(needs --val-split)")
     q.add_argument("--entropy", action="store_true",
                    help="log the entanglement entropy of the class states every epoch")
     q.add_argument("--seed", type=int, default=0)
@@ -76,12 +85,36 @@ def _train_qcnn(args: argparse.Namespace) -> int:
         from fasttn.analysis.entropy import entropy_callback
 
         callbacks.append(entropy_callback)
+    if not 0.0 <= args.val_split < 1.0:
+        raise ValueError(f"--val-split: expected a fraction in [0, 1), got {args.val_split}")
+    if args.restore_best and args.val_split == 0.0:
+        raise ValueError("--restore-best: needs --val-split (a held-out part of the training "
+                         "set; the test set must not pick the model)")
+    validation = (X_te, y_te)
+    if args.val_split > 0.0:
+        import numpy as np
+
+        order = np.random.default_rng(args.seed).permutation(len(y_tr))
+        n_val = max(1, int(round(args.val_split * len(y_tr))))
+        val, keep = np.sort(order[:n_val]), np.sort(order[n_val:])
+        validation = (X_tr[val], y_tr[val])
+        X_tr, y_tr = X_tr[keep], y_tr[keep]
+        print(f"validation: {n_val} images held out of the training set")
+    augment = None
+    if args.augment_shift > 0.0:
+        import functools
+
+        from fasttn.data import random_shift
+
+        augment = functools.partial(random_shift, max_shift=args.augment_shift)
     t0 = time.perf_counter()
-    model.fit(X_tr, y_tr, validation_data=(X_te, y_te), callbacks=callbacks)
+    model.fit(X_tr, y_tr, validation_data=validation, callbacks=callbacks, augment=augment,
+              restore_best=args.restore_best)
     seconds = time.perf_counter() - t0
     acc = model.score(X_te, y_te)
+    best = f"  best epoch {model.best_epoch_}" if args.restore_best else ""
     print(f"parameters {model.n_params_}  levels {model.n_levels_}  train time {seconds:.1f} s  "
-          f"test accuracy {acc:.4f}")
+          f"test accuracy {acc:.4f}{best}")
     if args.out:
         model.save(args.out)
         print(f"saved {args.out}")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from conftest import DTYPES, assert_close, check_gradient
+from conftest import DTYPES, RTOL, assert_close, check_gradient
 from fasttn.ops import (qcnn_level, qcnn_level_backward, qcnn_level_forward,
                         qcnn_level_log_backward, qcnn_level_log_forward,
                         qcnn_level_scaled_forward)
@@ -48,6 +48,42 @@ def test_linear_matches_reference(rng, dtype, training, b, s, d_in, d_out, windo
                           ref.qcnn_level_backward(saved_ref, g_out.astype(np.float64))):
         assert a.dtype == dtype
         assert_close(a, r, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window", [1, 2, 4])
+def test_deferred_batch_norm_term_matches_reference(rng, dtype, window):
+    # Two training levels; the upper one hands its batch-statistics term down instead of
+    # applying it, and the lower one applies it to g_out on the fly: both must equal the
+    # reference chain, which applies it in full.
+    x, w1, g1, b1, _ = make(rng, 3, 16, 5, 7, dtype, True)
+    _, w2, g2, b2, _ = make(rng, 1, 1, 7, 6, dtype, True)
+    kw = dict(eps=1e-5, training=True)
+    h, saved1, _ = qcnn_level_forward(x, w1, g1, b1, window=window, **kw)
+    out, saved2, _ = qcnn_level_forward(h, w2, g2, b2, window=2, **kw)
+    h_ref, saved1_ref = ref.qcnn_level_forward(*f64(x, w1, g1, b1), window=window, **kw)
+    _, saved2_ref = ref.qcnn_level_forward(h_ref, *f64(w2, g2, b2), window=2, **kw)
+    g_out = rng.standard_normal(out.shape).astype(dtype)
+    g_h_raw, *grads2, affine = qcnn_level_backward(saved2, g_out, return_affine=True)
+    ref2 = ref.qcnn_level_backward(saved2_ref, g_out.astype(np.float64))
+    assert_close(g_h_raw - (affine[0] * h + affine[1]), ref2[0], dtype, "g_h with its term")
+    for name, a, r in zip(("g_weight", "g_gamma", "g_beta"), grads2, ref2[1:]):
+        assert_close(a, r, dtype, name)
+    grads1 = qcnn_level_backward(saved1, g_h_raw, g_out_affine=affine)
+    ref1 = ref.qcnn_level_backward(saved1_ref, ref2[0])
+    names = ("g_x", "g_weight", "g_gamma", "g_beta")
+    if window == 1:
+        # h is affine in xi, and a batch-normalised input's gradient sums to zero over the
+        # batch, so g_beta is exactly zero: measured against the size of its terms instead
+        scale = np.abs(w1).sum(axis=0).max() * np.abs(ref2[0]).sum(axis=(0, 1)).max()
+        assert np.abs(grads1[3]).max() <= 10 * RTOL[np.dtype(dtype).type] * scale
+        names = names[:3]
+    for name, a, r in zip(names, grads1, ref1):
+        assert_close(a, r, dtype, name + " below")
+    # eval mode has no batch-statistics term
+    _, saved_eval, _ = qcnn_level_forward(h, w2, g2, b2, window=2, eps=1e-5, training=False,
+                                          stats=(np.zeros(7), np.ones(7)))
+    assert qcnn_level_backward(saved_eval, g_out, return_affine=True)[4] is None
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

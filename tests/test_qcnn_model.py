@@ -275,9 +275,11 @@ def test_1024_trains_a_step_with_finite_loss_and_gradients(big):
 
 def test_1024_linear_and_log_gradients_agree(big):
     m, X, y, lin, log = big
-    # measured ~2e-10; 20 levels cost a few digits (the recycled-buffer bug gave O(1))
+    # Typically 1e-11..1e-10, with a heavy tail over seeds (3.6e-9 in 12, above 1e-8 now and
+    # then): where a site's xi nears zero the log domain divides by it, and 2^20 sites give
+    # such sites. A wrong gradient is O(1) (the recycled-buffer bug was).
     for l, (a, b) in enumerate(zip(lin[3], log[3])):
-        assert rel_err(a, b) <= 1e-8, f"gradient {l}: relative error {rel_err(a, b):.2e}"
+        assert rel_err(a, b) <= 1e-7, f"gradient {l}: relative error {rel_err(a, b):.2e}"
 
 
 def test_1024_default_widths_linear_step_is_finite(rng):

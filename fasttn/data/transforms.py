@@ -116,3 +116,51 @@ def normalize_images(X: np.ndarray, mode: str = "unit") -> np.ndarray:
         X /= np.float32(127.5)
         X -= np.float32(1.0)
     return X
+
+
+def random_shift(X: np.ndarray, rng: np.random.Generator, max_shift: float = 1.0) -> np.ndarray:
+    """Translate each image by its own random sub-pixel offset (training augmentation).
+
+    Offsets are drawn uniformly from ``[-max_shift, max_shift]`` pixels on each axis; pixels
+    are resampled bilinearly, and what enters from outside the image is zero (background).
+
+    Parameters
+    ----------
+    X : (n, H, W) float array
+    rng : numpy Generator
+    max_shift : float, non-negative, in pixels
+
+    Returns
+    -------
+    Y : (n, H, W), same dtype as ``X``; values stay within ``[min(0, X.min()), X.max()]``.
+    """
+    X = np.asarray(X)
+    if X.ndim != 3 or X.dtype.kind != "f":
+        raise ValueError(f"X: expected a float array of shape (n, H, W), got {X.dtype} "
+                         f"{X.shape}")
+    if not np.isfinite(max_shift) or max_shift < 0:
+        raise ValueError(f"max_shift: expected a finite non-negative number, got {max_shift!r}")
+    n, h, w = X.shape
+    out = X.astype(np.float64)
+    for axis, size in ((1, h), (2, w)):
+        # out'[i] = (1 - f) * out[i - k] + f * out[i - k - 1] for the shift k + f, per image
+        shift = rng.uniform(-max_shift, max_shift, n)
+        k = np.floor(shift).astype(np.int64)
+        f = (shift - k).reshape((n,) + (1,) * 2)
+        src = np.arange(size)[None, :] - k[:, None]                       # (n, size)
+        lo = _gather_zero(out, src, axis)
+        hi = _gather_zero(out, src - 1, axis)
+        out = (1.0 - f) * lo + f * hi
+    return out.astype(X.dtype)
+
+
+def _gather_zero(X: np.ndarray, src: np.ndarray, axis: int) -> np.ndarray:
+    """``X`` indexed along ``axis`` by per-image indices ``src``, zero where out of range."""
+    size = X.shape[axis]
+    valid = (src >= 0) & (src < size)
+    idx = np.clip(src, 0, size - 1)
+    if axis == 1:
+        g = np.take_along_axis(X, idx[:, :, None], axis=1)
+        return g * valid[:, :, None]
+    g = np.take_along_axis(X, idx[:, None, :], axis=2)
+    return g * valid[:, None, :]

@@ -275,9 +275,11 @@ class QCNN(Estimator):
         else:  # dL/dlogabs = dL/dscore * score
             g = xp.asarray((g_scores * scores).astype(dt)[:, None, :])
             backward = ops.qcnn_level_log_backward
+        affine = None  # batch-norm term of each level's input gradient, applied one level down
         for l in range(L, -1, -1):
             if domain == "linear":  # the first level's input is data: no gradient needed
-                g, grads_w[l], grads_g[l], grads_b[l] = backward(tapes[l], g, need_g_x=l > 0)
+                g, grads_w[l], grads_g[l], grads_b[l], affine = backward(
+                    tapes[l], g, need_g_x=l > 0, g_out_affine=affine, return_affine=True)
             else:
                 g, grads_w[l], grads_g[l], grads_b[l] = backward(tapes[l], g)
             tapes[l] = None  # free each level's saved state as soon as it is used
@@ -302,7 +304,9 @@ class QCNN(Estimator):
             batch_size: Optional[int] = None,
             validation_data: Optional[Tuple[Any, Any]] = None,
             callbacks: Sequence[Callable[["QCNN", int, Dict], Optional[Dict]]] = (),
-            warm_start: bool = False) -> "QCNN":
+            warm_start: bool = False,
+            augment: Optional[Callable[[np.ndarray, np.random.Generator], np.ndarray]] = None,
+            restore_best: bool = False) -> "QCNN":
         """Train on images ``X : (n, height, width)`` in [0, 1] with labels ``y : (n,)``.
 
         Parameters
@@ -316,6 +320,13 @@ class QCNN(Estimator):
             the epoch's history record (e.g. entanglement entropy).
         warm_start : bool
             Continue from the current parameters instead of re-initialising.
+        augment : callable, optional
+            ``augment(images, rng) -> images`` applied to every training batch (same shape,
+            values in [0, 1]), e.g. ``functools.partial(fasttn.data.random_shift,
+            max_shift=1.0)``; drawn from the model's own seeded generator.
+        restore_best : bool
+            With ``validation_data``: end with the parameters (and running statistics) of
+            the epoch of highest validation accuracy, recorded as ``best_epoch_``.
 
         Returns
         -------
@@ -334,24 +345,48 @@ class QCNN(Estimator):
             self._setup(X.shape[1:])
             self._init_params(rng)
             self.history_ = []
-        chains = self._sites(X)
+        if restore_best and validation_data is None:
+            raise ValueError("restore_best: needs validation_data (a split held out from "
+                             "training, not the test set)")
+        if augment is not None and not callable(augment):
+            raise TypeError(f"augment: expected a callable (images, rng) -> images, got "
+                            f"{type(augment).__name__}")
+        chains = None if augment is not None else self._sites(X)
         opt = AdamW(self._params(), lr=self.lr, weight_decay=self.weight_decay)
         sched = StepLR(opt, step_size=self.lr_step, gamma=self.lr_gamma)
         domain = self._train_domain()
         abs_pred = self.loss == "square"
 
+        def batch_chains(idx):
+            if augment is None:
+                return chains[idx]
+            images = np.asarray(augment(X[idx], rng))
+            if images.shape != (len(idx),) + X.shape[1:]:
+                raise ValueError(f"augment: expected it to return shape "
+                                 f"{(len(idx),) + X.shape[1:]}, got {images.shape}")
+            return self._sites(self._check_X(images, fitted=True))
+
         def step(idx):
-            scores, _, loss, grads, used = self._forward_backward(chains[idx], y[idx], True,
-                                                                  domain)
+            scores, _, loss, grads, used = self._forward_backward(batch_chains(idx), y[idx],
+                                                                  True, domain)
             opt.step(grads)
             self._update_running(used, len(idx))
             pred = np.argmax(np.abs(scores) if abs_pred else scores, axis=1)
             return loss, int(np.sum(pred == y[idx]))
 
         hooks = []
+        best = {"accuracy": -1.0, "epoch": None, "state": None}
         if validation_data is not None:
             Xv, yv = validation_data
-            hooks.append(lambda epoch, rec: {"val_accuracy": self.score(Xv, yv)})
+
+            def validate(epoch, rec):
+                acc = self.score(Xv, yv)
+                if restore_best and acc > best["accuracy"]:
+                    best.update(accuracy=acc, epoch=len(self.history_) + epoch + 1,
+                                state={k: v.copy() for k, v in self._state_arrays().items()})
+                return {"val_accuracy": acc}
+
+            hooks.append(validate)
         for cb in callbacks:
             hooks.append(lambda epoch, rec, cb=cb: cb(self, epoch, rec))
         start = len(self.history_)
@@ -361,6 +396,10 @@ class QCNN(Estimator):
         for rec in hist:
             rec["epoch"] += start
         self.history_.extend(hist)
+        if restore_best:
+            self._set_state(best["state"], {"image_shape": list(self.image_shape_),
+                                            "history": self.history_})
+            self.best_epoch_ = best["epoch"]
         return self
 
     def _setup(self, image_shape: Tuple[int, int]) -> None:

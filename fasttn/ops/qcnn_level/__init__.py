@@ -99,13 +99,28 @@ def qcnn_level_forward(x: Any, weight: Any, gamma: Any, beta: Any, *, window: in
                                           training=training, mean=mean, var=var)
 
 
-def qcnn_level_backward(saved: Any, g_out: Any, need_g_x: bool = True):
+def qcnn_level_backward(saved: Any, g_out: Any, need_g_x: bool = True, *,
+                        g_out_affine: Optional[Tuple[Any, Any]] = None,
+                        return_affine: bool = False):
     """Returns ``(g_x, g_weight, g_gamma, g_beta)`` given ``g_out = dL/d out``.
 
     With ``need_g_x=False`` (the first level, whose input is data) ``g_x`` is None and its
     GEMM is skipped.
+
+    In training mode the batch statistics depend on ``x``, which adds the per-channel term
+    ``-(scale * x + shift)`` to ``dL/dx``. A chain of levels can leave that term out of
+    memory: ``return_affine=True`` returns ``g_x`` without it and ``(scale, shift)`` as a
+    fifth item (None in eval mode), and the level below takes them as ``g_out_affine``,
+    meaning its true output gradient is ``g_out - (scale * out + shift)``.
     """
-    return _impls(g_out)[0].qcnn_level_backward(saved, g_out, need_g_x)
+    if g_out_affine is not None:
+        d_out = g_out.shape[-1]
+        for name, c in zip(("scale", "shift"), g_out_affine):
+            if np.shape(c) != (d_out,):
+                raise ValueError(f"g_out_affine: expected {name} of shape ({d_out},), got "
+                                 f"{np.shape(c)}")
+    return _impls(g_out)[0].qcnn_level_backward(saved, g_out, need_g_x, g_out_affine,
+                                               return_affine)
 
 
 def qcnn_level(x: Any, weight: Any, gamma: Any, beta: Any, **kwargs) -> Any:

@@ -96,9 +96,14 @@ def _level_forward(x2, a_w_t, bias, window, rows, xi, out):
 
 
 @njit(parallel=True, fastmath=True)
-def _level_backward(x2, xi, bias, g_out, window, a_w, rows, g_x, need_g_x):
+def _level_backward(x2, xi, bias, g_out, c_scale, c_shift, window, a_w, rows, g_x,
+                    need_g_x):
     """Window-product gradient, ``g_x = g_xi @ a_w`` and per-chunk ``g_xi^T x2`` and column
-    sums of ``g_xi``, chunk by chunk; ``g_xi`` never leaves the cache."""
+    sums of ``g_xi``, chunk by chunk; ``g_xi`` never leaves the cache.
+
+    ``g_out`` arrives without the next level's batch-statistics term; it is applied here as
+    ``g_out - (c_scale * out + c_shift)`` with ``out`` recomputed from ``xi`` (zeros: none), so
+    that term never costs a pass over memory of its own."""
     n, d_in = x2.shape
     d = xi.shape[1]
     n_chunks = (n + rows - 1) // rows
@@ -112,16 +117,18 @@ def _level_backward(x2, xi, bias, g_out, window, a_w, rows, g_x, need_g_x):
         if window == 1:
             for r in range(a, b):
                 for j in range(d):
-                    g = g_out[r, j]
+                    g = g_out[r, j] - (c_scale[j] * (xi[r, j] + bias[j]) + c_shift[j])
                     g_xi[r - a, j] = g
                     s0[j] += g
         elif window == 2:
             for r in range(a // 2, b // 2):
                 i0 = 2 * r - a
                 for j in range(d):
-                    g = g_out[r, j]
-                    g0 = g * (xi[2 * r + 1, j] + bias[j])
-                    g1 = g * (xi[2 * r, j] + bias[j])
+                    v0 = xi[2 * r, j] + bias[j]
+                    v1 = xi[2 * r + 1, j] + bias[j]
+                    g = g_out[r, j] - (c_scale[j] * (v0 * v1) + c_shift[j])
+                    g0 = g * v1
+                    g1 = g * v0
                     g_xi[i0, j] = g0
                     g_xi[i0 + 1, j] = g1
                     s0[j] += g0 + g1
@@ -129,11 +136,11 @@ def _level_backward(x2, xi, bias, g_out, window, a_w, rows, g_x, need_g_x):
             for r in range(a // 4, b // 4):
                 i0 = 4 * r - a
                 for j in range(d):
-                    g = g_out[r, j]
                     v0 = xi[4 * r, j] + bias[j]
                     v1 = xi[4 * r + 1, j] + bias[j]
                     v2 = xi[4 * r + 2, j] + bias[j]
                     v3 = xi[4 * r + 3, j] + bias[j]
+                    g = g_out[r, j] - (c_scale[j] * (v0 * v1 * v2 * v3) + c_shift[j])
                     g01 = g * v2 * v3
                     g23 = g * v0 * v1
                     g_xi[i0, j] = g01 * v1
@@ -256,14 +263,22 @@ def qcnn_level_forward(x, weight, gamma, beta, *, window, eps, training, mean=No
     return out.reshape(b, s // window, d_out), saved, stats
 
 
-def qcnn_level_backward(saved, g_out, need_g_x=True):
+def qcnn_level_backward(saved, g_out, need_g_x=True, g_out_affine=None, return_affine=False):
+    """See :func:`fasttn.ops.qcnn_level.qcnn_level_backward`."""
     x2, xi, bias, a_w, weight, w, z, mean, inv_std, window, training, shape = saved
     n, d_in = x2.shape
-    g2 = np.ascontiguousarray(g_out.reshape(-1, weight.shape[0]))
+    d_out = weight.shape[0]
+    g2 = np.ascontiguousarray(g_out.reshape(-1, d_out))
+    if g_out_affine is None:
+        c_scale = c_shift = np.zeros(d_out, x2.dtype)
+    else:
+        c_scale, c_shift = (np.ascontiguousarray(c, x2.dtype) for c in g_out_affine)
     g_x = workspace.empty(x2.shape, x2.dtype) if need_g_x else np.empty((0, d_in), x2.dtype)
+    affine = None
     with kernel_threads():
-        rows = _rows_per_chunk(n, max(d_in, xi.shape[1]), x2.itemsize, window)
-        s, gram = _level_backward(x2, xi, bias, g2, window, a_w, rows, g_x, need_g_x)
+        rows = _rows_per_chunk(n, max(d_in, d_out), x2.itemsize, window)
+        s, gram = _level_backward(x2, xi, bias, g2, c_scale, c_shift, window, a_w, rows, g_x,
+                                  need_g_x)
         w64 = weight.astype(np.float64)
         g_weight = gram * w + np.outer(s, z)             # z' = w x + z
         g_beta = w64.T @ s                               # sum_r dL/dz'_r
@@ -271,13 +286,17 @@ def qcnn_level_backward(saved, g_out, need_g_x=True):
         g_gamma = (q - mean * g_beta) * inv_std
         if not need_g_x:
             g_x = None
-        elif training:
+        elif training:  # the batch statistics depend on x: dL/dx -= scale * x + shift
             scale = w * inv_std * g_gamma / n
             shift = w * g_beta / n - scale * mean
-            _bn_input_correction(g_x, x2, scale.astype(x2.dtype), shift.astype(x2.dtype))
+            affine = (scale.astype(x2.dtype), shift.astype(x2.dtype))
+            if not return_affine:
+                _bn_input_correction(g_x, x2, *affine)
+                affine = None
     dt = x2.dtype
-    return (None if g_x is None else g_x.reshape(shape), g_weight.astype(dt), g_gamma.astype(dt),
-            g_beta.astype(dt))
+    grads = (None if g_x is None else g_x.reshape(shape), g_weight.astype(dt),
+             g_gamma.astype(dt), g_beta.astype(dt))
+    return grads + (affine,) if return_affine else grads
 
 
 def qcnn_level_scaled_forward(x, logscale, weight, gamma, beta, *, window, eps, mean, var):

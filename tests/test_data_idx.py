@@ -11,7 +11,8 @@ import pytest
 
 from fasttn.data import (DATA_DIR_ENV, DatasetError, DatasetNotFoundError, dataset_locations,
                          find_dataset_files, load_digits, load_fashion_mnist, load_idx,
-                         load_idx_pair, normalize_images, resize_images, save_idx)
+                         load_idx_pair, normalize_images, random_shift, resize_images,
+                         save_idx)
 from fasttn.data.download import _fetch
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -303,3 +304,52 @@ def test_download_keeps_only_files_with_the_right_checksum(tmp_path):
     _fetch(src.as_uri(), out / "f.gz", md5, timeout=5)
     assert (out / "f.gz").read_bytes() == payload
     assert load_idx(out / "f.gz").tobytes() == b"abc"
+
+
+class _FixedShifts:
+    """A stand-in generator whose uniform draws are given shifts (first rows, then columns)."""
+
+    def __init__(self, rows, cols):
+        self.draws = [np.asarray(rows, float), np.asarray(cols, float)]
+
+    def uniform(self, low, high, n):
+        return self.draws.pop(0)
+
+
+def _shift_reference(img, dy, dx):
+    """Bilinear translation written pixel by pixel: out(i, j) = img(i - dy, j - dx), 0 outside."""
+    h, w = img.shape
+
+    def at(i, j):
+        return img[i, j] if 0 <= i < h and 0 <= j < w else 0.0
+
+    out = np.zeros_like(img, dtype=np.float64)
+    for i in range(h):
+        for j in range(w):
+            y, x = i - dy, j - dx
+            y0, x0 = int(np.floor(y)), int(np.floor(x))
+            fy, fx = y - y0, x - x0
+            out[i, j] = ((1 - fy) * (1 - fx) * at(y0, x0) + (1 - fy) * fx * at(y0, x0 + 1)
+                         + fy * (1 - fx) * at(y0 + 1, x0) + fy * fx * at(y0 + 1, x0 + 1))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_random_shift_matches_pixelwise_bilinear_translation(rng, dtype):
+    X = rng.random((4, 7, 9)).astype(dtype)
+    dy = rng.uniform(-2.5, 2.5, 4)
+    dx = rng.uniform(-2.5, 2.5, 4)
+    Y = random_shift(X, _FixedShifts(dy, dx), max_shift=2.5)
+    assert Y.dtype == dtype and Y.shape == X.shape
+    tol = 1e-12 if dtype == np.float64 else 1e-6
+    for k in range(4):
+        np.testing.assert_allclose(Y[k], _shift_reference(X[k].astype(np.float64), dy[k], dx[k]),
+                                   atol=tol)
+    # real draws: values stay in range, zero shift is the identity
+    Z = random_shift(X, np.random.default_rng(0), max_shift=1.0)
+    assert Z.min() >= 0 and Z.max() <= X.max() + tol
+    np.testing.assert_array_equal(random_shift(X, np.random.default_rng(0), 0.0), X)
+    with pytest.raises(ValueError, match="max_shift"):
+        random_shift(X, np.random.default_rng(0), -1.0)
+    with pytest.raises(ValueError, match="X: expected a float array"):
+        random_shift(X[0], np.random.default_rng(0))

@@ -7,7 +7,9 @@ from fasttn.ops import (qcnn_level, qcnn_level_backward, qcnn_level_forward,
                         qcnn_level_scaled_forward)
 from fasttn.ops.qcnn_level import reference as ref
 
-CASES = [(3, 8, 5, 7, 2), (2, 16, 4, 4, 4), (4, 6, 3, 5, 1), (1, 4, 18, 36, 2), (6, 32, 9, 3, 2)]
+# the last cases span several 64-row chunks
+CASES = [(3, 8, 5, 7, 2), (2, 16, 4, 4, 4), (4, 6, 3, 5, 1), (1, 4, 18, 36, 2), (6, 32, 9, 3, 2),
+         (2, 8, 30, 7, 2), (3, 16, 27, 5, 4), (4, 64, 6, 5, 4), (2, 100, 30, 7, 1)]
 
 
 def make(rng, b, s, d_in, d_out, dtype, training):

@@ -400,6 +400,47 @@ def test_warm_start_continues_training(rng):
     assert any(not np.array_equal(p, q) for p, q in zip(m._params(), kept))
 
 
+def test_restore_best_keeps_the_best_validation_epoch(rng):
+    X, y = images(rng, 40, (8, 8), 3)
+    Xv, yv = images(rng, 16, (8, 8), 3)
+    kw = dict(n_classes=3, d=2, epochs=4, batch_size=8, lr=0.05, dtype="float64",
+              random_state=int(rng.integers(2**31)))
+    m = QCNN(**kw).fit(X, y, validation_data=(Xv, yv), restore_best=True)
+    accs = [rec["val_accuracy"] for rec in m.history_]
+    assert m.best_epoch_ == 1 + int(np.argmax(accs))  # the first of equal bests
+    assert m.score(Xv, yv) == max(accs)
+    # the restored state is that of the best epoch: retraining to it reproduces the scores
+    ref = QCNN(**kw).fit(X, y, epochs=m.best_epoch_)
+    np.testing.assert_array_equal(m.decision_function(Xv), ref.decision_function(Xv))
+    with pytest.raises(ValueError, match="restore_best"):
+        QCNN(**kw).fit(X, y, restore_best=True)
+
+
+def test_augment_is_applied_to_every_batch(rng):
+    X, y = images(rng, 24, (8, 8), 3)
+    seen = []
+
+    def augment(batch, gen):
+        seen.append(batch.shape[0])
+        return np.clip(batch + gen.normal(0, 0.05, batch.shape), 0, 1)
+
+    kw = dict(n_classes=3, d=2, epochs=2, batch_size=10, dtype="float64",
+              random_state=int(rng.integers(2**31)))
+    a = QCNN(**kw).fit(X, y, augment=augment)
+    assert seen == [10, 10, 4] * 2
+    b = QCNN(**kw).fit(X, y)
+    assert a.history_[0]["loss"] != b.history_[0]["loss"]
+    # an identity augmentation changes nothing
+    c = QCNN(**kw).fit(X, y, augment=lambda batch, gen: batch)
+    assert [r["loss"] for r in c.history_] == [r["loss"] for r in b.history_]
+    with pytest.raises(ValueError, match="augment"):
+        QCNN(**kw).fit(X, y, augment=lambda batch, gen: batch[:, :4])
+    with pytest.raises(ValueError, match="X: expected pixel values"):
+        QCNN(**kw).fit(X, y, augment=lambda batch, gen: batch + 2)
+    with pytest.raises(TypeError, match="augment"):
+        QCNN(**kw).fit(X, y, augment="shift")
+
+
 def test_warm_start_on_unfitted_model_is_a_fresh_fit(rng):
     X, y = images(rng, 20, (8, 8), 3)
     m = QCNN(n_classes=3, d=2, epochs=1, dtype="float64").fit(X, y, warm_start=True)

@@ -26,7 +26,7 @@ from .transforms import normalize_images, random_shift, resize_images
 __all__ = [
     "DATASETS", "DATA_DIR_ENV", "TASKS", "load_task", "DatasetError", "DatasetNotFoundError", "DigitSource",
     "NeedleDataset", "NeedleLayout", "NeedleMNIST", "dataset_locations", "digit_source",
-    "download_dataset", "random_shift", "find_dataset_files", "load_digits", "load_fashion_mnist", "load_idx",
-    "load_idx_pair", "load_idx_split", "load_mnist", "load_needle_dataset", "needle_mnist",
+    "download_dataset", "find_dataset_files", "load_digits", "load_fashion_mnist", "load_idx",
+    "load_idx_pair", "random_shift", "load_idx_split", "load_mnist", "load_needle_dataset", "needle_mnist",
     "noise_digit_count", "normalize_images", "resize_images", "save_idx", "write_needle_dataset",
 ]

@@ -20,11 +20,14 @@ from ...backend import kernel_threads, num_threads, workspace
 _CHUNK_BYTES = 256 * 1024
 
 
+_MIN_CHUNK_ROWS = 64  # below this a chunk's GEMM is all call overhead
+
+
 def _rows_per_chunk(n_rows: int, width: int, itemsize: int, window: int) -> int:
-    """Rows per chunk: a few hundred KiB of output, a multiple of the window, and at least
-    two chunks per thread when there are rows enough."""
+    """Rows per chunk: a few hundred KiB of output, a multiple of the window, and two
+    chunks per thread when that leaves each at least ``_MIN_CHUNK_ROWS`` rows."""
     rows = max(window, _CHUNK_BYTES // max(1, width * itemsize))
-    rows = min(rows, max(window, -(-n_rows // (2 * num_threads()))))
+    rows = min(rows, max(window, _MIN_CHUNK_ROWS, -(-n_rows // (2 * num_threads()))))
     return max(window, rows - rows % window)
 
 
@@ -65,29 +68,30 @@ def _level_forward(x2, a_w_t, bias, window, rows, xi, out):
     for t in prange(n_chunks):
         a = t * rows
         b = min(n, a + rows)
-        np.dot(x2[a:b], a_w_t, xi[a:b])
+        xc = xi[a:b]
+        np.dot(x2[a:b], a_w_t, xc)
         s0 = np.zeros(d)
         s1 = np.zeros(d)
         if window == 1:
-            for r in range(a, b):
+            for r in range(b - a):
                 for j in range(d):
-                    acc = xi[r, j] + bias[j]
-                    out[r, j] = acc
+                    acc = xc[r, j] + bias[j]
+                    out[a + r, j] = acc
                     s0[j] += acc
                     s1[j] += acc * acc
         elif window == 2:
-            for r in range(a // 2, b // 2):
+            for r in range((b - a) // 2):
                 for j in range(d):
-                    acc = (xi[2 * r, j] + bias[j]) * (xi[2 * r + 1, j] + bias[j])
-                    out[r, j] = acc
+                    acc = (xc[2 * r, j] + bias[j]) * (xc[2 * r + 1, j] + bias[j])
+                    out[a // 2 + r, j] = acc
                     s0[j] += acc
                     s1[j] += acc * acc
         else:
-            for r in range(a // 4, b // 4):
+            for r in range((b - a) // 4):
                 for j in range(d):
-                    acc = ((xi[4 * r, j] + bias[j]) * (xi[4 * r + 1, j] + bias[j])
-                           * (xi[4 * r + 2, j] + bias[j]) * (xi[4 * r + 3, j] + bias[j]))
-                    out[r, j] = acc
+                    acc = ((xc[4 * r, j] + bias[j]) * (xc[4 * r + 1, j] + bias[j])
+                           * (xc[4 * r + 2, j] + bias[j]) * (xc[4 * r + 3, j] + bias[j]))
+                    out[a // 4 + r, j] = acc
                     s0[j] += acc
                     s1[j] += acc * acc
         part[t, 0] = s0
@@ -97,50 +101,50 @@ def _level_forward(x2, a_w_t, bias, window, rows, xi, out):
 
 @njit(parallel=True, fastmath=True)
 def _level_backward(x2, xi, bias, g_out, c_scale, c_shift, window, a_w, rows, g_x,
-                    need_g_x):
+                    need_g_x, sums, grams):
     """Window-product gradient, ``g_x = g_xi @ a_w`` and per-chunk ``g_xi^T x2`` and column
     sums of ``g_xi``, chunk by chunk; ``g_xi`` never leaves the cache.
 
     ``g_out`` arrives without the next level's batch-statistics term; it is applied here as
     ``g_out - (c_scale * out + c_shift)`` with ``out`` recomputed from ``xi`` (zeros: none), so
-    that term never costs a pass over memory of its own."""
+    that term never costs a pass over memory of its own. Fills ``sums[t]`` and ``grams[t]``
+    for each chunk ``t`` (reduced by :func:`_weight_grads`)."""
     n, d_in = x2.shape
-    d = xi.shape[1]
+    d = a_w.shape[0]
     n_chunks = (n + rows - 1) // rows
-    sums = np.zeros((n_chunks, d))
-    grams = np.zeros((n_chunks, d, d_in), xi.dtype)
     for t in prange(n_chunks):
         a = t * rows
         b = min(n, a + rows)
-        g_xi = np.empty((b - a, d), xi.dtype)
+        xc = xi[a:b]
+        g_xi = np.empty((b - a, d), x2.dtype)
         s0 = np.zeros(d)
         if window == 1:
-            for r in range(a, b):
+            for r in range(b - a):
                 for j in range(d):
-                    g = g_out[r, j] - (c_scale[j] * (xi[r, j] + bias[j]) + c_shift[j])
-                    g_xi[r - a, j] = g
+                    g = g_out[a + r, j] - (c_scale[j] * (xc[r, j] + bias[j]) + c_shift[j])
+                    g_xi[r, j] = g
                     s0[j] += g
         elif window == 2:
-            for r in range(a // 2, b // 2):
-                i0 = 2 * r - a
+            for r in range((b - a) // 2):
+                i0 = 2 * r
                 for j in range(d):
-                    v0 = xi[2 * r, j] + bias[j]
-                    v1 = xi[2 * r + 1, j] + bias[j]
-                    g = g_out[r, j] - (c_scale[j] * (v0 * v1) + c_shift[j])
+                    v0 = xc[i0, j] + bias[j]
+                    v1 = xc[i0 + 1, j] + bias[j]
+                    g = g_out[a // 2 + r, j] - (c_scale[j] * (v0 * v1) + c_shift[j])
                     g0 = g * v1
                     g1 = g * v0
                     g_xi[i0, j] = g0
                     g_xi[i0 + 1, j] = g1
                     s0[j] += g0 + g1
         else:
-            for r in range(a // 4, b // 4):
-                i0 = 4 * r - a
+            for r in range((b - a) // 4):
+                i0 = 4 * r
                 for j in range(d):
-                    v0 = xi[4 * r, j] + bias[j]
-                    v1 = xi[4 * r + 1, j] + bias[j]
-                    v2 = xi[4 * r + 2, j] + bias[j]
-                    v3 = xi[4 * r + 3, j] + bias[j]
-                    g = g_out[r, j] - (c_scale[j] * (v0 * v1 * v2 * v3) + c_shift[j])
+                    v0 = xc[i0, j] + bias[j]
+                    v1 = xc[i0 + 1, j] + bias[j]
+                    v2 = xc[i0 + 2, j] + bias[j]
+                    v3 = xc[i0 + 3, j] + bias[j]
+                    g = g_out[a // 4 + r, j] - (c_scale[j] * (v0 * v1 * v2 * v3) + c_shift[j])
                     g01 = g * v2 * v3
                     g23 = g * v0 * v1
                     g_xi[i0, j] = g01 * v1
@@ -151,11 +155,33 @@ def _level_backward(x2, xi, bias, g_out, c_scale, c_shift, window, a_w, rows, g_
         sums[t] = s0
         if need_g_x:
             np.dot(g_xi, a_w, g_x[a:b])
-        grams[t] = np.dot(g_xi.T, x2[a:b])
-    gram = np.zeros((d, d_in))
+        np.dot(g_xi.T, x2[a:b], grams[t])
+
+
+@njit
+def _weight_grads(sums, grams, weight, w, z, g_weight):
+    """Chunk partials -> ``g_weight = gram * w + outer(s, z)`` (in place, the weight's dtype),
+    ``g_beta = weight^T s`` and ``q = sum_j weight * gram``, with ``gram = sum_t grams[t]``
+    and ``s = sum_t sums[t]`` accumulated in float64."""
+    n_chunks, d, d_in = grams.shape
+    s = np.zeros(d)
     for t in range(n_chunks):
-        gram += grams[t]
-    return sums.sum(axis=0), gram
+        s += sums[t]
+    g_beta = np.zeros(d_in)
+    q = np.zeros(d_in)
+    row = np.empty(d_in)
+    for j in range(d):
+        row[:] = 0.0
+        for t in range(n_chunks):
+            for i in range(d_in):
+                row[i] += grams[t, j, i]
+        for i in range(d_in):
+            g_weight[j, i] = row[i] * w[i] + s[j] * z[i]
+            g_beta[i] += weight[j, i] * s[j]
+            q[i] += weight[j, i] * row[i]
+    return g_beta, q
+
+
 
 
 _NO_SCALE = -1e300  # log of zero, finite: fastmath code may not meet infinities
@@ -277,12 +303,15 @@ def qcnn_level_backward(saved, g_out, need_g_x=True, g_out_affine=None, return_a
     affine = None
     with kernel_threads():
         rows = _rows_per_chunk(n, max(d_in, d_out), x2.itemsize, window)
-        s, gram = _level_backward(x2, xi, bias, g2, c_scale, c_shift, window, a_w, rows, g_x,
-                                  need_g_x)
-        w64 = weight.astype(np.float64)
-        g_weight = gram * w + np.outer(s, z)             # z' = w x + z
-        g_beta = w64.T @ s                               # sum_r dL/dz'_r
-        q = np.sum(w64 * gram, axis=0)                   # sum_r dL/dz'_r * x_r
+        n_chunks = -(-n // rows)
+        sums = np.empty((n_chunks, d_out))
+        grams = workspace.empty((n_chunks, d_out, d_in), x2.dtype)
+        _level_backward(x2, xi, bias, g2, c_scale, c_shift, window, a_w, rows, g_x,
+                        need_g_x, sums, grams)
+        # with z' = w x + z the normalised input: g_beta = sum_r dL/dz'_r and
+        # q = sum_r dL/dz'_r * x_r
+        g_weight = np.empty(weight.shape, x2.dtype)
+        g_beta, q = _weight_grads(sums, grams, weight, w, z, g_weight)
         g_gamma = (q - mean * g_beta) * inv_std
         if not need_g_x:
             g_x = None
@@ -294,8 +323,8 @@ def qcnn_level_backward(saved, g_out, need_g_x=True, g_out_affine=None, return_a
                 _bn_input_correction(g_x, x2, *affine)
                 affine = None
     dt = x2.dtype
-    grads = (None if g_x is None else g_x.reshape(shape), g_weight.astype(dt),
-             g_gamma.astype(dt), g_beta.astype(dt))
+    grads = (None if g_x is None else g_x.reshape(shape), g_weight, g_gamma.astype(dt),
+             g_beta.astype(dt))
     return grads + (affine,) if return_affine else grads
 
 

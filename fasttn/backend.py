@@ -59,7 +59,10 @@ def to_numpy(x: Any) -> np.ndarray:
 def num_threads() -> int:
     """Threads the CPU kernels may use (``FASTTN_NUM_THREADS`` overrides)."""
     env = os.environ.get("FASTTN_NUM_THREADS")
-    return int(env) if env else (os.cpu_count() or 1)
+    return int(env) if env else _CPU_COUNT
+
+
+_CPU_COUNT = os.cpu_count() or 1
 
 
 class _KernelBLAS:

@@ -159,15 +159,19 @@ def _level_backward(x2, xi, bias, g_out, c_scale, c_shift, window, a_w, rows, g_
 
 
 @njit
-def _weight_grads(sums, grams, weight, w, z, g_weight):
-    """Chunk partials -> ``g_weight = gram * w + outer(s, z)`` (in place, the weight's dtype),
-    ``g_beta = weight^T s`` and ``q = sum_j weight * gram``, with ``gram = sum_t grams[t]``
-    and ``s = sum_t sums[t]`` accumulated in float64."""
+def _weight_grads(sums, grams, weight, w, z, mean, inv_std, n_rows, g_weight, g_gamma, g_beta,
+                  c_scale, c_shift):
+    """Chunk partials -> parameter gradients, in place, in float64 then the weight's dtype:
+    with ``gram = sum_t grams[t]``, ``s = sum_t sums[t]`` and ``z' = w x + z`` the
+    normalised input, ``g_weight = gram diag(w) + s z^T``, ``g_beta = sum_r dL/dz'_r =
+    weight^T s``, ``g_gamma = (q - mean g_beta) / std`` with ``q = sum_r dL/dz'_r x_r``.
+    With ``c_scale`` of ``d_in`` entries, also the batch-statistics term of the input
+    gradient, ``-(c_scale x + c_shift)``, for statistics over ``n_rows`` rows."""
     n_chunks, d, d_in = grams.shape
     s = np.zeros(d)
     for t in range(n_chunks):
         s += sums[t]
-    g_beta = np.zeros(d_in)
+    gb = np.zeros(d_in)
     q = np.zeros(d_in)
     row = np.empty(d_in)
     for j in range(d):
@@ -177,11 +181,16 @@ def _weight_grads(sums, grams, weight, w, z, g_weight):
                 row[i] += grams[t, j, i]
         for i in range(d_in):
             g_weight[j, i] = row[i] * w[i] + s[j] * z[i]
-            g_beta[i] += weight[j, i] * s[j]
-            q[i] += weight[j, i] * row[i]
-    return g_beta, q
-
-
+            gb[i] += np.float64(weight[j, i]) * s[j]
+            q[i] += np.float64(weight[j, i]) * row[i]
+    for i in range(d_in):
+        gg = (q[i] - mean[i] * gb[i]) * inv_std[i]
+        g_gamma[i] = gg
+        g_beta[i] = gb[i]
+        if c_scale.shape[0] == d_in:
+            sc = w[i] * inv_std[i] * gg / n_rows
+            c_scale[i] = sc
+            c_shift[i] = w[i] * gb[i] / n_rows - sc * mean[i]
 
 
 _NO_SCALE = -1e300  # log of zero, finite: fastmath code may not meet infinities
@@ -252,6 +261,29 @@ def _level_scaled_forward(x2, logscale, a_w_t, w, log_z_max, bias, window, rows,
             out_logscale[p] = ls
 
 
+@njit
+def _fold_batch_norm(weight, gamma, beta, mean, var, eps, a_w, a_w_t, bias):
+    """Batch norm folded into the convolution in one pass, no temporaries:
+    ``w = gamma / sqrt(var + eps)``, ``z = beta - mean w`` (float64), ``a_w = weight diag(w)``
+    and its transpose, ``bias = weight z`` (the input dtype). Returns ``(w, z, inv_std)``."""
+    d_out, d_in = weight.shape
+    inv_std = 1.0 / np.sqrt(var + eps)
+    w = np.empty(d_in)
+    z = np.empty(d_in)
+    for i in range(d_in):
+        w[i] = np.float64(gamma[i]) * inv_std[i]
+        z[i] = np.float64(beta[i]) - mean[i] * w[i]
+    for j in range(d_out):
+        acc = 0.0
+        for i in range(d_in):
+            v = np.float64(weight[j, i])
+            a_w[j, i] = v * w[i]
+            a_w_t[i, j] = a_w[j, i]
+            acc += v * z[i]
+        bias[j] = acc
+    return w, z, inv_std
+
+
 @njit(parallel=True, fastmath=True)
 def _bn_input_correction(g_x, x, scale, shift):
     """``g_x -= scale * x + shift`` column-wise: the batch-statistics part of the BN backward."""
@@ -271,16 +303,16 @@ def qcnn_level_forward(x, weight, gamma, beta, *, window, eps, training, mean=No
         if training and mean is None:
             mean, var = column_stats(x2, _chunks(b * s))
         mean = np.asarray(mean, np.float64)
-        inv_std = 1.0 / np.sqrt(np.asarray(var, np.float64) + eps)
-        w = gamma.astype(np.float64) * inv_std
-        z = beta.astype(np.float64) - mean * w
-        a_w = np.ascontiguousarray((weight * w).astype(x.dtype))
-        bias = (weight.astype(np.float64) @ z).astype(x.dtype)
+        a_w = np.empty((d_out, d_in), x.dtype)
+        a_w_t = np.empty((d_in, d_out), x.dtype)
+        bias = np.empty(d_out, x.dtype)
+        w, z, inv_std = _fold_batch_norm(weight, gamma, beta, mean, np.asarray(var, np.float64),
+                                         float(eps), a_w, a_w_t, bias)
         n_out = b * s // window
         xi = workspace.empty((b * s, d_out), x.dtype)
         out = workspace.empty((n_out, d_out), x.dtype)
         rows = _rows_per_chunk(b * s, d_out, x.itemsize, window)
-        sums = _level_forward(x2, np.ascontiguousarray(a_w.T), bias, window, rows, xi, out)
+        sums = _level_forward(x2, a_w_t, bias, window, rows, xi, out)
     stats = None
     if collect_stats:
         out_mean = sums[0] / n_out
@@ -294,38 +326,33 @@ def qcnn_level_backward(saved, g_out, need_g_x=True, g_out_affine=None, return_a
     x2, xi, bias, a_w, weight, w, z, mean, inv_std, window, training, shape = saved
     n, d_in = x2.shape
     d_out = weight.shape[0]
-    g2 = np.ascontiguousarray(g_out.reshape(-1, d_out))
+    dt = x2.dtype
+    g2 = g_out.reshape(-1, d_out)
+    if not g2.flags.c_contiguous:
+        g2 = np.ascontiguousarray(g2)
     if g_out_affine is None:
-        c_scale = c_shift = np.zeros(d_out, x2.dtype)
+        c_scale = c_shift = np.zeros(d_out, dt)
     else:
-        c_scale, c_shift = (np.ascontiguousarray(c, x2.dtype) for c in g_out_affine)
-    g_x = workspace.empty(x2.shape, x2.dtype) if need_g_x else np.empty((0, d_in), x2.dtype)
-    affine = None
+        c_scale, c_shift = (np.ascontiguousarray(c, dt) for c in g_out_affine)
+    g_x = workspace.empty(x2.shape, dt) if need_g_x else np.empty((0, d_in), dt)
+    correct = need_g_x and training  # the batch statistics depend on x
+    affine = (np.empty(d_in, dt), np.empty(d_in, dt)) if correct else (np.empty(0, dt),) * 2
+    g_weight = np.empty(weight.shape, dt)
+    g_gamma = np.empty(d_in, dt)
+    g_beta = np.empty(d_in, dt)
     with kernel_threads():
         rows = _rows_per_chunk(n, max(d_in, d_out), x2.itemsize, window)
         n_chunks = -(-n // rows)
         sums = np.empty((n_chunks, d_out))
-        grams = workspace.empty((n_chunks, d_out, d_in), x2.dtype)
-        _level_backward(x2, xi, bias, g2, c_scale, c_shift, window, a_w, rows, g_x,
-                        need_g_x, sums, grams)
-        # with z' = w x + z the normalised input: g_beta = sum_r dL/dz'_r and
-        # q = sum_r dL/dz'_r * x_r
-        g_weight = np.empty(weight.shape, x2.dtype)
-        g_beta, q = _weight_grads(sums, grams, weight, w, z, g_weight)
-        g_gamma = (q - mean * g_beta) * inv_std
-        if not need_g_x:
-            g_x = None
-        elif training:  # the batch statistics depend on x: dL/dx -= scale * x + shift
-            scale = w * inv_std * g_gamma / n
-            shift = w * g_beta / n - scale * mean
-            affine = (scale.astype(x2.dtype), shift.astype(x2.dtype))
-            if not return_affine:
-                _bn_input_correction(g_x, x2, *affine)
-                affine = None
-    dt = x2.dtype
-    grads = (None if g_x is None else g_x.reshape(shape), g_weight, g_gamma.astype(dt),
-             g_beta.astype(dt))
-    return grads + (affine,) if return_affine else grads
+        grams = workspace.empty((n_chunks, d_out, d_in), dt)
+        _level_backward(x2, xi, bias, g2, c_scale, c_shift, window, a_w, rows, g_x, need_g_x,
+                        sums, grams)
+        _weight_grads(sums, grams, weight, w, z, mean, inv_std, float(n), g_weight, g_gamma,
+                      g_beta, *affine)
+        if correct and not return_affine:  # dL/dx -= scale * x + shift
+            _bn_input_correction(g_x, x2, *affine)
+    grads = (g_x.reshape(shape) if need_g_x else None, g_weight, g_gamma, g_beta)
+    return grads + ((affine if correct else None),) if return_affine else grads
 
 
 def qcnn_level_scaled_forward(x, logscale, weight, gamma, beta, *, window, eps, mean, var):

@@ -5,6 +5,19 @@ from typing import List, Sequence
 
 import numpy as np
 
+from .._numba import njit
+
+
+@njit(fastmath=True)
+def _adamw_update(p, g, m, v, lr, weight_decay, b1, b2, c1, c2, eps):
+    """One AdamW step on flat arrays in one pass (float64 moments, ``p`` in its own dtype)."""
+    for i in range(p.size):
+        gi = np.float64(g[i])
+        m[i] = b1 * m[i] + (1 - b1) * gi
+        v[i] = b2 * v[i] + (1 - b2) * gi * gi
+        pi = np.float64(p[i])
+        p[i] = pi - (lr * weight_decay * pi + lr * (m[i] / c1) / (np.sqrt(v[i] / c2) + eps))
+
 
 class AdamW:
     """Adam with decoupled weight decay (Loshchilov & Hutter), as ``torch.optim.AdamW``.
@@ -35,7 +48,15 @@ class AdamW:
         c1 = 1 - b1 ** self.t
         c2 = 1 - b2 ** self.t
         for p, g, m, v in zip(self.params, grads, self.m, self.v):
-            g = np.asarray(g, np.float64)
+            g = np.asarray(g)
+            if g.shape != p.shape:
+                raise ValueError(f"grads: expected shape {p.shape}, got {g.shape}")
+            if isinstance(p, np.ndarray) and p.flags.c_contiguous:
+                _adamw_update(p.reshape(-1), np.ascontiguousarray(g).reshape(-1),
+                              m.reshape(-1), v.reshape(-1), self.lr, self.weight_decay,
+                              b1, b2, c1, c2, self.eps)
+                continue
+            g = np.asarray(g, np.float64)  # any other array: the same step in NumPy
             m *= b1
             m += (1 - b1) * g
             v *= b2

@@ -1,0 +1,257 @@
+"""CPU MERA block: one Numba pass over (image, block) pairs, every intermediate in registers/L1.
+
+Per block: the central sites' outer product times ``u1`` (p^4 -> b^4), each quadrant's three
+outer sites times its isometry (p^3 -> b x chi), the four legs of the ``u1`` output turned
+into isometry outputs one at a time (chi b^4 + chi^2 b^3 + chi^3 b^2 + chi^4 b), then the
+shared map ``M = u2 top`` (chi^4 -> d_out), folded once per call since nothing enters
+between ``u2`` and ``top``. Nothing per block is written to memory but the output; the
+backward recomputes the block and accumulates the weight gradients per chunk of blocks.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..._numba import njit, prange
+from ...backend import kernel_threads, num_threads
+
+# (row, column) of the sites in a block: the centre f g j k, then each quadrant's outer three
+CENTRE = ((1, 1), (1, 2), (2, 1), (2, 2))
+QUADRANTS = (((0, 0), (0, 1), (1, 0)), ((0, 2), (0, 3), (1, 3)),
+             ((2, 0), (3, 0), (3, 1)), ((2, 3), (3, 2), (3, 3)))
+_CENTRE = np.array(CENTRE, np.int64)
+_QUADRANTS = np.array(QUADRANTS, np.int64)
+
+
+@njit(inline="always")
+def _leg(t, pre, n, post, v, m, out):
+    """``out[i, c, k] = sum_j t[i, j, k] v[j, c]`` on flat arrays: one leg of ``t`` (size n,
+    between ``pre`` and ``post`` others) mapped through ``v : (n, m)``."""
+    for i in range(pre):
+        for c in range(m):
+            for k in range(post):
+                out[(i * m + c) * post + k] = 0.0
+        for j in range(n):
+            for c in range(m):
+                vjc = v[j, c]
+                for k in range(post):
+                    out[(i * m + c) * post + k] += t[(i * n + j) * post + k] * vjc
+
+
+@njit(inline="always")
+def _leg_backward(t, pre, n, post, v, m, g_out, g_t, g_v):
+    """Adjoint of :func:`_leg`: ``g_t = g_out v^T`` along the leg (overwritten) and
+    ``g_v += sum t g_out``."""
+    for i in range(pre):
+        for j in range(n):
+            for k in range(post):
+                acc = 0.0
+                for c in range(m):
+                    acc += g_out[(i * m + c) * post + k] * v[j, c]
+                g_t[(i * n + j) * post + k] = acc
+            for c in range(m):
+                acc = 0.0
+                for k in range(post):
+                    acc += t[(i * n + j) * post + k] * g_out[(i * m + c) * post + k]
+                g_v[j, c] += acc
+
+
+@njit(inline="always")
+def _block_forward(x, img, r0, c0, u1f, wf, p, b, chi, xc, x3, z, v, a1, a2, a3, t2):
+    """The block at rows r0.., columns c0.. of image ``img`` up to ``t2`` (chi^4)."""
+    # central sites' outer product, row-major over (f, g, j, k)
+    for i0 in range(p):
+        for i1 in range(p):
+            for i2 in range(p):
+                for i3 in range(p):
+                    xc[((i0 * p + i1) * p + i2) * p + i3] = (
+                        x[img, r0 + 1, c0 + 1, i0] * x[img, r0 + 1, c0 + 2, i1]
+                        * x[img, r0 + 2, c0 + 1, i2] * x[img, r0 + 2, c0 + 2, i3])
+    nz = z.size
+    for k in range(nz):
+        z[k] = 0.0
+    for i in range(xc.size):
+        xi = xc[i]
+        for k in range(nz):
+            z[k] += xi * u1f[i, k]
+    for q in range(4):
+        ra, ca = r0 + _QUADRANTS[q, 0, 0], c0 + _QUADRANTS[q, 0, 1]
+        rb, cb = r0 + _QUADRANTS[q, 1, 0], c0 + _QUADRANTS[q, 1, 1]
+        rc, cc = r0 + _QUADRANTS[q, 2, 0], c0 + _QUADRANTS[q, 2, 1]
+        for i0 in range(p):
+            for i1 in range(p):
+                for i2 in range(p):
+                    x3[q, (i0 * p + i1) * p + i2] = (x[img, ra, ca, i0] * x[img, rb, cb, i1]
+                                                     * x[img, rc, cc, i2])
+        for k in range(b * chi):
+            acc = 0.0
+            for i in range(p * p * p):
+                acc += x3[q, i] * wf[q, i, k]
+            v[q, k // chi, k % chi] = acc
+    _leg(z, 1, b, b * b * b, v[0], chi, a1)
+    _leg(a1, chi, b, b * b, v[1], chi, a2)
+    _leg(a2, chi * chi, b, b, v[2], chi, a3)
+    _leg(a3, chi * chi * chi, b, 1, v[3], chi, t2)
+
+
+@njit(parallel=True, fastmath=True)
+def _forward(x, u1f, wf, m, p, b, chi, out):
+    n_img, nh, nw, d_out = out.shape
+    n = n_img * nh * nw
+    for blk in prange(n):
+        img = blk // (nh * nw)
+        bi = (blk // nw) % nh
+        bj = blk % nw
+        xc = np.empty(p ** 4, x.dtype)
+        x3 = np.empty((4, p ** 3), x.dtype)
+        z = np.empty(b ** 4, x.dtype)
+        v = np.empty((4, b, chi), x.dtype)
+        a1 = np.empty(chi * b ** 3, x.dtype)
+        a2 = np.empty(chi * chi * b * b, x.dtype)
+        a3 = np.empty(chi ** 3 * b, x.dtype)
+        t2 = np.empty(chi ** 4, x.dtype)
+        _block_forward(x, img, 4 * bi, 4 * bj, u1f, wf, p, b, chi, xc, x3, z, v, a1, a2, a3, t2)
+        for o in range(d_out):
+            acc = 0.0
+            for k in range(chi ** 4):
+                acc += t2[k] * m[k, o]
+            out[img, bi, bj, o] = acc
+
+
+@njit(parallel=True, fastmath=True)
+def _backward(x, u1f, wf, m, p, b, chi, g_out, n_chunks, g_x, g_u1f, g_wf, g_m):
+    """Per chunk of blocks: recompute each block, push ``g_out`` back through it, write the
+    sites' gradients and add the weights' into the chunk's own slot (summed by the caller)."""
+    n_img, nh, nw, d_out = g_out.shape
+    n = n_img * nh * nw
+    step = (n + n_chunks - 1) // n_chunks
+    for t in prange(n_chunks):
+        xc = np.empty(p ** 4, x.dtype)
+        x3 = np.empty((4, p ** 3), x.dtype)
+        z = np.empty(b ** 4, x.dtype)
+        v = np.empty((4, b, chi), x.dtype)
+        a1 = np.empty(chi * b ** 3, x.dtype)
+        a2 = np.empty(chi * chi * b * b, x.dtype)
+        a3 = np.empty(chi ** 3 * b, x.dtype)
+        t2 = np.empty(chi ** 4, x.dtype)
+        g_t2 = np.empty(chi ** 4, x.dtype)
+        g_a3 = np.empty(chi ** 3 * b, x.dtype)
+        g_a2 = np.empty(chi * chi * b * b, x.dtype)
+        g_a1 = np.empty(chi * b ** 3, x.dtype)
+        g_z = np.empty(b ** 4, x.dtype)
+        g_v = np.empty((4, b, chi), x.dtype)
+        g_xc = np.empty(p ** 4, x.dtype)
+        g_x3 = np.empty(p ** 3, x.dtype)
+        for blk in range(t * step, min(n, (t + 1) * step)):
+            img = blk // (nh * nw)
+            bi = (blk // nw) % nh
+            bj = blk % nw
+            r0, c0 = 4 * bi, 4 * bj
+            _block_forward(x, img, r0, c0, u1f, wf, p, b, chi, xc, x3, z, v, a1, a2, a3, t2)
+            # out = t2 @ m
+            for k in range(chi ** 4):
+                acc = 0.0
+                for o in range(d_out):
+                    go = g_out[img, bi, bj, o]
+                    acc += m[k, o] * go
+                    g_m[t, k, o] += t2[k] * go
+                g_t2[k] = acc
+            g_v[:] = 0.0
+            _leg_backward(a3, chi * chi * chi, b, 1, v[3], chi, g_t2, g_a3, g_v[3])
+            _leg_backward(a2, chi * chi, b, b, v[2], chi, g_a3, g_a2, g_v[2])
+            _leg_backward(a1, chi, b, b * b, v[1], chi, g_a2, g_a1, g_v[1])
+            _leg_backward(z, 1, b, b * b * b, v[0], chi, g_a1, g_z, g_v[0])
+            # z = xc @ u1f
+            for i in range(p ** 4):
+                acc = 0.0
+                xi = xc[i]
+                for k in range(b ** 4):
+                    acc += u1f[i, k] * g_z[k]
+                    g_u1f[t, i, k] += xi * g_z[k]
+                g_xc[i] = acc
+            # xc = x_f (x) x_g (x) x_j (x) x_k: each site's gradient is g_xc against the others
+            for s in range(4):
+                rs, cs = r0 + _CENTRE[s, 0], c0 + _CENTRE[s, 1]
+                for a in range(p):
+                    g_x[img, rs, cs, a] = 0.0
+            for i0 in range(p):
+                for i1 in range(p):
+                    for i2 in range(p):
+                        for i3 in range(p):
+                            g = g_xc[((i0 * p + i1) * p + i2) * p + i3]
+                            f0 = x[img, r0 + 1, c0 + 1, i0]
+                            f1 = x[img, r0 + 1, c0 + 2, i1]
+                            f2 = x[img, r0 + 2, c0 + 1, i2]
+                            f3 = x[img, r0 + 2, c0 + 2, i3]
+                            g_x[img, r0 + 1, c0 + 1, i0] += g * f1 * f2 * f3
+                            g_x[img, r0 + 1, c0 + 2, i1] += g * f0 * f2 * f3
+                            g_x[img, r0 + 2, c0 + 1, i2] += g * f0 * f1 * f3
+                            g_x[img, r0 + 2, c0 + 2, i3] += g * f0 * f1 * f2
+            for q in range(4):
+                # v[q] = x3[q] @ wf[q] (as b x chi)
+                for i in range(p ** 3):
+                    acc = 0.0
+                    xi = x3[q, i]
+                    for k in range(b * chi):
+                        gv = g_v[q, k // chi, k % chi]
+                        acc += wf[q, i, k] * gv
+                        g_wf[t, q, i, k] += xi * gv
+                    g_x3[i] = acc
+                ra, ca = r0 + _QUADRANTS[q, 0, 0], c0 + _QUADRANTS[q, 0, 1]
+                rb, cb = r0 + _QUADRANTS[q, 1, 0], c0 + _QUADRANTS[q, 1, 1]
+                rc, cc = r0 + _QUADRANTS[q, 2, 0], c0 + _QUADRANTS[q, 2, 1]
+                for a in range(p):
+                    g_x[img, ra, ca, a] = 0.0
+                    g_x[img, rb, cb, a] = 0.0
+                    g_x[img, rc, cc, a] = 0.0
+                for i0 in range(p):
+                    for i1 in range(p):
+                        for i2 in range(p):
+                            g = g_x3[(i0 * p + i1) * p + i2]
+                            f0 = x[img, ra, ca, i0]
+                            f1 = x[img, rb, cb, i1]
+                            f2 = x[img, rc, cc, i2]
+                            g_x[img, ra, ca, i0] += g * f1 * f2
+                            g_x[img, rb, cb, i1] += g * f0 * f2
+                            g_x[img, rc, cc, i2] += g * f0 * f1
+
+
+def _fold_top(u2, top):
+    chi4 = top.shape[0] ** 4
+    return u2.reshape(chi4, chi4) @ top.reshape(chi4, -1)
+
+
+def mera_block_forward(x, u1, w, u2, top):
+    """See :func:`fasttn.ops.mera_block.mera_block_forward`."""
+    n_img, h, wd, p = x.shape
+    b, chi, d_out = u1.shape[-1], w.shape[-1], top.shape[-1]
+    m = _fold_top(u2, top)
+    out = np.empty((n_img, h // 4, wd // 4, d_out), x.dtype)
+    with kernel_threads():
+        _forward(x, u1.reshape(p ** 4, b ** 4), w.reshape(4, p ** 3, b * chi), m, p, b, chi,
+                 out)
+    return out, (x, u1, w, u2, top, m)
+
+
+def mera_block_backward(saved, g_out):
+    """See :func:`fasttn.ops.mera_block.mera_block_backward`."""
+    x, u1, w, u2, top, m = saved
+    n_img, h, wd, p = x.shape
+    b, chi, d_out = u1.shape[-1], w.shape[-1], top.shape[-1]
+    n_blocks = g_out.shape[0] * g_out.shape[1] * g_out.shape[2]
+    n_chunks = max(1, min(4 * num_threads(), n_blocks))
+    dt = x.dtype
+    g_x = np.empty_like(x)
+    g_u1f = np.zeros((n_chunks, p ** 4, b ** 4), dt)
+    g_wf = np.zeros((n_chunks, 4, p ** 3, b * chi), dt)
+    g_m = np.zeros((n_chunks, chi ** 4, d_out), dt)
+    with kernel_threads():
+        _backward(x, u1.reshape(p ** 4, b ** 4), w.reshape(4, p ** 3, b * chi), m, p, b, chi,
+                  np.ascontiguousarray(g_out), n_chunks, g_x, g_u1f, g_wf, g_m)
+    chi4 = chi ** 4
+    g_m = g_m.sum(axis=0, dtype=np.float64)
+    # M = U2 Top with U2 : (chi^4, chi^4), Top : (chi^4, d_out)
+    g_u2 = (g_m @ top.reshape(chi4, d_out).T.astype(np.float64)).astype(dt)
+    g_top = (u2.reshape(chi4, chi4).T.astype(np.float64) @ g_m).astype(dt)
+    return (g_x, g_u1f.sum(axis=0, dtype=np.float64).astype(dt).reshape(u1.shape),
+            g_wf.sum(axis=0, dtype=np.float64).astype(dt).reshape(w.shape),
+            g_u2.reshape(u2.shape), g_top.reshape(top.shape))

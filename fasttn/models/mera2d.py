@@ -1,0 +1,290 @@
+"""2D MERA classifier: feature map -> levels of exact MERA blocks (4x4 -> 1) -> class scores.
+
+Every level tiles the current grid of sites into 4x4 blocks and contracts each block exactly
+(``fasttn.ops.mera_block``: disentangler, four corner isometries, second disentangler, top
+tensor, weights shared by the blocks of a level). Between levels each site is divided by its
+norm and the log of the norm is tracked: every block is linear in each of its sites, so this
+changes the network's output only by a positive factor per image, ``exp(log_scale_)``, and
+keeps the values of deep hierarchies (1024x1024 = 5 levels) of order one. The class scores
+are the last level's output; predictions (argmax) are those of the exact network.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .. import ops
+from .._validate import (check_choice, check_dtype, check_finite, check_float_array,
+                         check_labels, check_positive_int)
+from ..ops.feature_maps import FEATURE_MAPS, n_channels
+from ..ops.site_norm import site_norm_backward, site_norm_forward
+from ..train import AdamW, StepLR, loss_fn
+from ..train.loop import fit_loop
+from .base import Estimator, register
+
+_PARAMS = ("u1", "w", "u2", "top")
+
+
+@register
+class MERA2D(Estimator):
+    """Hierarchical 2D MERA classifier on square images whose side is a power of 4.
+
+    Parameters
+    ----------
+    n_classes : int
+    chi : int
+        Bond dimension of every level's output sites (the isometry outputs).
+    bond : int, optional
+        Dimension of the disentangler legs (default ``chi``).
+    feature_map : {"cos_sin", "fourier", "legendre"}
+        Per-pixel map; ``cos_sin`` is [cos(pi x / 2), sin(pi x / 2)].
+    n_features : int, optional
+        Channels of the map (2 for ``cos_sin``, else required even for ``fourier``).
+    constant : bool
+        Prepend the constant channel 1 to every site: with the identity initialisation each
+        block then starts close to an affine function of its sites, not a product of them.
+    lr, weight_decay, lr_step, lr_gamma : float, float, int, float
+        AdamW, the learning rate multiplied by ``lr_gamma`` every ``lr_step`` epochs.
+    batch_size, epochs : int
+    init : {"random", "identity"}
+        ``identity``: every tensor but the class map starts as the map of the all-first-index
+        inputs to the first output index (with ``constant``, every block then starts close
+        to an affine function of its sites) plus Gaussian noise; the class map (the last
+        ``top``) is noise only, so no class is favoured. ``random`` (noise only) trains more
+        reliably on the digits.
+    init_scale : float
+        Standard deviation of the noise relative to ``1 / sqrt(fan_in)``.
+    dtype : {"float32", "float64"}
+    random_state : int, optional
+    verbose : int
+    """
+
+    def __init__(self, n_classes: int = 2, chi: int = 4, bond: Optional[int] = None,
+                 feature_map: str = "cos_sin", n_features: Optional[int] = None,
+                 constant: bool = True, lr: float = 0.005, weight_decay: float = 0.0, lr_step: int = 10,
+                 lr_gamma: float = 0.5, batch_size: int = 32, epochs: int = 10,
+                 init: str = "random", init_scale: float = 1.0, dtype: str = "float32",
+                 random_state: Optional[int] = None, verbose: int = 0):
+        self.n_classes = n_classes
+        self.chi = chi
+        self.bond = bond
+        self.feature_map = feature_map
+        self.n_features = n_features
+        self.constant = constant
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.lr_step = lr_step
+        self.lr_gamma = lr_gamma
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.init = init
+        self.init_scale = init_scale
+        self.dtype = dtype
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ configuration
+    def _check_config(self) -> None:
+        check_positive_int("n_classes", self.n_classes)
+        if self.n_classes < 2:
+            raise ValueError(f"n_classes: expected at least 2, got {self.n_classes}")
+        check_positive_int("chi", self.chi)
+        if self.bond is not None:
+            check_positive_int("bond", self.bond)
+        check_choice("feature_map", self.feature_map, FEATURE_MAPS)
+        check_choice("init", self.init, ("identity", "random"))
+        check_dtype("dtype", self.dtype)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("epochs", self.epochs)
+
+    def _n_features(self) -> int:
+        if self.n_features is not None:
+            return int(self.n_features)
+        return 2 if self.feature_map == "cos_sin" else 4
+
+    def _setup(self, image_shape: Tuple[int, int]) -> None:
+        h, w = image_shape
+        levels = 0
+        side = h
+        while side > 1 and side % 4 == 0:
+            side //= 4
+            levels += 1
+        if h != w or side != 1:
+            raise ValueError(f"X: expected square images whose side is a power of 4 (4, 16, "
+                             f"64, 256, 1024), got {h}x{w}")
+        self.image_shape_ = (h, w)
+        self.n_levels_ = levels
+        self.p0_ = n_channels(self.feature_map, self._n_features(), self.constant)
+        self.n_features_in_ = h * w
+
+    def _dims(self, level: int) -> Tuple[int, int, int, int]:
+        """``(p, b, chi, d_out)`` of a level."""
+        p = self.p0_ if level == 0 else self.chi
+        d_out = self.n_classes if level == self.n_levels_ - 1 else self.chi
+        return p, self.bond or self.chi, self.chi, d_out
+
+    def _init_params(self, rng: np.random.Generator) -> None:
+        dt = np.dtype(self.dtype)
+        self.params_: List[Dict[str, np.ndarray]] = []
+        for level in range(self.n_levels_):
+            p, b, chi, d_out = self._dims(level)
+            shapes = {"u1": ((p,) * 4 + (b,) * 4, p ** 4), "w": ((4, p, p, p, b, chi), p ** 3 * b),
+                      "u2": ((chi,) * 8, chi ** 4), "top": ((chi,) * 4 + (d_out,), chi ** 4)}
+            prm = {}
+            for name, (shape, fan_in) in shapes.items():
+                t = self.init_scale / np.sqrt(fan_in) * rng.standard_normal(shape)
+                last_top = name == "top" and level == self.n_levels_ - 1
+                if self.init == "identity" and not last_top:  # w: each of the four isometries
+                    t[(slice(None),) + (0,) * (len(shape) - 1) if name == "w"
+                      else (0,) * len(shape)] += 1.0
+                prm[name] = t.astype(dt)
+            self.params_.append(prm)
+
+    def _param_list(self) -> List[np.ndarray]:
+        return [level[name] for level in self.params_ for name in _PARAMS]
+
+    @property
+    def n_params_(self) -> int:
+        return int(sum(a.size for a in self._param_list()))
+
+    # ------------------------------------------------------------------------ inputs
+    def _check_X(self, X: Any, fitted: bool) -> np.ndarray:
+        X = check_float_array("X", X, ndim=3)
+        if X.shape[0] == 0:
+            raise ValueError("X: expected at least one image, got 0")
+        check_finite("X", X)
+        lo, hi = float(X.min()), float(X.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(f"X: expected pixel values in [0, 1], got values in [{lo:.4g}, "
+                             f"{hi:.4g}] (scale uint8 images by 1/255)")
+        if fitted and tuple(X.shape[1:]) != tuple(self.image_shape_):
+            raise ValueError(f"X: expected images of shape {tuple(self.image_shape_)} (as in "
+                             f"fit), got {tuple(X.shape[1:])}")
+        return X
+
+    # ----------------------------------------------------------------------- compute
+    def _forward_backward(self, X: np.ndarray, y: Optional[np.ndarray]):
+        """Scores (and with labels the loss and the gradients) of a batch of images.
+
+        Returns ``(scores, log_scale, loss, grads)``; ``log_scale`` is the per-image log of
+        the factor the normalisations divided out."""
+        x = ops.feature_map(np.ascontiguousarray(X, dtype=self.dtype), self.feature_map,
+                            self._n_features(), self.constant)
+        log_scale = np.zeros(X.shape[0])
+        tapes, norms = [], []
+        for level, prm in enumerate(self.params_):
+            out, saved = ops.mera_block_forward(x, prm["u1"], prm["w"], prm["u2"], prm["top"])
+            tapes.append(saved)
+            if level < self.n_levels_ - 1:
+                x, log_norm, nsaved = site_norm_forward(out)
+                log_scale += log_norm.reshape(X.shape[0], -1).sum(axis=1)
+                norms.append(nsaved)
+        scores = out.reshape(X.shape[0], self.n_classes).astype(np.float64)
+        if y is None:
+            return scores, log_scale, None, None
+        loss, g_scores = loss_fn("cross_entropy")(scores, y)
+        g = g_scores.astype(self.dtype).reshape(out.shape)
+        grads: List[Optional[np.ndarray]] = [None] * (4 * self.n_levels_)
+        for level in range(self.n_levels_ - 1, -1, -1):
+            g_x, *g_params = ops.mera_block_backward(tapes[level], g)
+            grads[4 * level:4 * level + 4] = g_params
+            tapes[level] = None
+            if level:
+                g = site_norm_backward(norms[level - 1], g_x)
+        return scores, log_scale, loss, grads
+
+    # ------------------------------------------------------------------------ public
+    def fit(self, X: Any, y: Any, *, epochs: Optional[int] = None,
+            batch_size: Optional[int] = None,
+            validation_data: Optional[Tuple[Any, Any]] = None,
+            warm_start: bool = False) -> "MERA2D":
+        """Train with softmax cross-entropy on images ``X : (n, side, side)`` in [0, 1].
+
+        Returns
+        -------
+        self, with ``history_`` (one dict per epoch: loss, accuracy, images/s, lr, and
+        ``val_accuracy`` with ``validation_data``).
+        """
+        self._check_config()
+        epochs = check_positive_int("epochs", epochs if epochs is not None else self.epochs)
+        batch_size = check_positive_int("batch_size",
+                                        batch_size if batch_size is not None else self.batch_size)
+        X = check_float_array("X", X, ndim=3)
+        y = check_labels("y", y, self.n_classes, n_samples=X.shape[0])
+        fitted = warm_start and hasattr(self, "params_")
+        X = self._check_X(X, fitted=fitted)
+        rng = np.random.default_rng(self.random_state)
+        if not fitted:
+            self._setup(X.shape[1:])
+            self._init_params(rng)
+            self.history_: List[Dict[str, Any]] = []
+        opt = AdamW(self._param_list(), lr=self.lr, weight_decay=self.weight_decay)
+        sched = StepLR(opt, step_size=self.lr_step, gamma=self.lr_gamma)
+
+        def step(idx):
+            scores, _, loss, grads = self._forward_backward(X[idx], y[idx])
+            opt.step(grads)
+            return loss, int(np.sum(np.argmax(scores, axis=1) == y[idx]))
+
+        hooks = []
+        if validation_data is not None:
+            Xv, yv = validation_data
+            hooks.append(lambda epoch, rec: {"val_accuracy": self.score(Xv, yv)})
+        start = len(self.history_)
+        hist = fit_loop(step, len(y), epochs=epochs, batch_size=batch_size, rng=rng,
+                        set_epoch=lambda e: sched.set_epoch(start + e), end_of_epoch=hooks,
+                        verbose=self.verbose, desc="MERA2D")
+        for rec in hist:
+            rec["epoch"] += start
+        self.history_.extend(hist)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "params_"):
+            raise ValueError(f"{type(self).__name__} is not fitted yet; call fit first")
+
+    def decision_function(self, X: Any, batch_size: int = 64) -> np.ndarray:
+        """Class scores ``(n, n_classes)``: the exact network's output divided by the
+        positive per-image factor ``exp(log_scale)`` (see :meth:`log_scale`)."""
+        self._check_fitted()
+        X = self._check_X(X, fitted=True)
+        return np.concatenate([self._forward_backward(X[i:i + batch_size], None)[0]
+                               for i in range(0, X.shape[0], batch_size)])
+
+    def log_scale(self, X: Any, batch_size: int = 64) -> np.ndarray:
+        """Per-image log of the factor between the exact network output and the scores."""
+        self._check_fitted()
+        X = self._check_X(X, fitted=True)
+        return np.concatenate([self._forward_backward(X[i:i + batch_size], None)[1]
+                               for i in range(0, X.shape[0], batch_size)])
+
+    def predict(self, X: Any, batch_size: int = 64) -> np.ndarray:
+        """Labels: argmax of the class scores (those of the exact network)."""
+        return np.argmax(self.decision_function(X, batch_size), axis=1)
+
+    # ------------------------------------------------------------------- checkpoints
+    def _state_arrays(self) -> Dict[str, np.ndarray]:
+        return {f"{name}{level}": prm[name] for level, prm in enumerate(self.params_)
+                for name in _PARAMS}
+
+    def _state_meta(self) -> Dict[str, Any]:
+        return {"image_shape": list(self.image_shape_), "history": self.history_}
+
+    def _set_state(self, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> None:
+        self._check_config()
+        self._setup(tuple(meta["image_shape"]))
+        self.params_ = []
+        for level in range(self.n_levels_):
+            p, b, chi, d_out = self._dims(level)
+            expected = {"u1": (p,) * 4 + (b,) * 4, "w": (4, p, p, p, b, chi),
+                        "u2": (chi,) * 8, "top": (chi,) * 4 + (d_out,)}
+            prm = {}
+            for name in _PARAMS:
+                a = arrays[f"{name}{level}"]
+                if a.shape != expected[name]:
+                    raise ValueError(f"checkpoint: {name}{level} has shape {a.shape}, "
+                                     f"expected {expected[name]}")
+                prm[name] = a
+            self.params_.append(prm)
+        self.history_ = meta.get("history", [])

@@ -1,0 +1,37 @@
+"""Per-site normalisation with a tracked log-scale.
+
+``y = x / |x|`` over the last axis, ``log_norm = log |x|``. Between the levels of a
+multilinear hierarchy (a MERA) this changes the network's value only by the positive
+per-sample factor ``exp(sum of log_norm)`` (each block is linear in each of its sites), so
+deep hierarchies keep values of order one and the exact value stays recoverable. Plain
+NumPy (or CuPy) array expressions: these are the reference and the fast path at once.
+"""
+from __future__ import annotations
+
+from typing import Any, Tuple
+
+from ..backend import array_module
+
+_TINY = 1e-300  # a site of exact zeros stays zero (its gradient is then zero too)
+
+
+def site_norm_forward(x: Any) -> Tuple[Any, Any, Any]:
+    """``(y, log_norm, saved)`` with ``y = x / |x|`` along the last axis.
+
+    ``log_norm`` has the shape of ``x`` without its last axis, float64."""
+    xp = array_module(x)
+    norm = xp.sqrt(xp.sum(x.astype(xp.float64) ** 2, axis=-1))
+    safe = xp.maximum(norm, _TINY)
+    y = (x / safe[..., None]).astype(x.dtype)
+    return y, xp.log(safe), (y, safe)
+
+
+def site_norm_backward(saved: Any, g_y: Any, g_log_norm: Any = None) -> Any:
+    """``dL/dx`` from ``dL/dy`` (and optionally ``dL/dlog_norm``):
+    ``(g_y - y (y . g_y) + y g_log_norm) / |x|``."""
+    y, norm = saved
+    xp = array_module(y)
+    proj = xp.sum(y.astype(xp.float64) * g_y, axis=-1)
+    if g_log_norm is not None:
+        proj = proj - g_log_norm
+    return ((g_y - y * proj[..., None]) / norm[..., None]).astype(y.dtype)

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+
+import fasttn
+from conftest import assert_close
+from fasttn import MERA2D
+from fasttn.ops.site_norm import site_norm_backward, site_norm_forward
+
+
+def test_site_norm_gradient_and_scale(rng):
+    x = rng.standard_normal((3, 4, 5))
+    y, log_norm, saved = site_norm_forward(x)
+    assert_close(np.linalg.norm(y, axis=-1), np.ones((3, 4)), np.float64, "unit sites")
+    assert_close(np.exp(log_norm)[..., None] * y, x, np.float64, "x = |x| y")
+    g_y = rng.standard_normal(x.shape)
+    g_ln = rng.standard_normal(log_norm.shape)
+    g_x = site_norm_backward(saved, g_y, g_ln)
+    d = rng.standard_normal(x.shape)
+    h = 1e-6
+
+    def loss(z):
+        yz, lz, _ = site_norm_forward(z)
+        return np.sum(g_y * yz) + np.sum(g_ln * lz)
+
+    fd = (loss(x + h * d) - loss(x - h * d)) / (2 * h)
+    assert abs(fd - np.sum(g_x * d)) <= 1e-7 * max(1.0, abs(fd))
+
+
+def small_model(rng, **kw):
+    m = MERA2D(**{**dict(n_classes=3, chi=2, dtype="float64", init="random", init_scale=1.0),
+                  **kw})
+    m._check_config()
+    m._setup((16, 16))
+    m._init_params(rng)
+    m.history_ = []
+    return m
+
+
+@pytest.mark.parametrize("init", ["random", "identity"])
+def test_model_gradient_matches_finite_differences(rng, init):
+    m = small_model(rng, init=init)
+    X = rng.random((4, 16, 16))
+    y = rng.integers(0, 3, 4)
+    _, _, loss, grads = m._forward_backward(X, y)
+    h = 1e-6
+    for k, (p, g) in enumerate(zip(m._param_list(), grads)):
+        d = rng.standard_normal(p.shape)
+        p += h * d
+        lp = m._forward_backward(X, y)[2]
+        p -= 2 * h * d
+        lm = m._forward_backward(X, y)[2]
+        p += h * d
+        fd = (lp - lm) / (2 * h)
+        assert abs(fd - np.sum(g * d)) <= 1e-6 * max(1e-3, abs(fd)), f"parameter {k}"
+
+
+def test_scores_are_the_exact_network_up_to_a_positive_factor(rng):
+    # without normalisation between levels the network is one multilinear contraction:
+    # scores * exp(log_scale) must equal it
+    from fasttn import ops
+
+    m = small_model(rng)
+    X = rng.random((3, 16, 16))
+    scores, log_scale, _, _ = m._forward_backward(X, None)
+    x = ops.feature_map(X, m.feature_map, m._n_features(), m.constant)
+    for prm in m.params_:
+        x = ops.mera_block(x, prm["u1"], prm["w"], prm["u2"], prm["top"])
+    assert_close(scores * np.exp(log_scale)[:, None], x.reshape(3, -1), np.float64, "exact")
+
+
+def test_learns_two_digits(rng):
+    from fasttn.data import load_task
+
+    Xtr, ytr, Xte, yte = load_task("digits", size=16)
+    tr, te = ytr < 2, yte < 2
+    # a fixed seed: at higher learning rates some initialisations stall at chance
+    m = MERA2D(n_classes=2, chi=4, epochs=5, random_state=3)
+    m.fit(Xtr[tr], ytr[tr])
+    assert m.score(Xte[te], yte[te]) >= 0.95
+
+
+def test_save_load_and_bad_input(rng, tmp_path):
+    X = rng.random((6, 16, 16))
+    y = rng.integers(0, 3, 6)
+    m = MERA2D(n_classes=3, chi=2, epochs=1, batch_size=3,
+               random_state=int(rng.integers(2**31))).fit(X, y)
+    m.save(tmp_path / "m.npz")
+    m2 = fasttn.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(m2.decision_function(X), m.decision_function(X))
+    with pytest.raises(ValueError, match="power of 4"):
+        MERA2D().fit(rng.random((2, 8, 8)), [0, 1])
+    with pytest.raises(ValueError, match="X: expected images of shape"):
+        m.predict(rng.random((2, 64, 64)))
+    with pytest.raises(ValueError, match="pixel values"):
+        m.predict(X * 3)
+    with pytest.raises(ValueError, match="chi"):
+        MERA2D(chi=0).fit(X, y)
+    with pytest.raises(ValueError, match="not fitted"):
+        MERA2D().predict(X)

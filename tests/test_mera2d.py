@@ -97,3 +97,14 @@ def test_save_load_and_bad_input(rng, tmp_path):
         MERA2D(chi=0).fit(X, y)
     with pytest.raises(ValueError, match="not fitted"):
         MERA2D().predict(X)
+
+
+def test_cli_trains_and_saves(tmp_path, capsys):
+    from fasttn.cli import main
+
+    out = tmp_path / "mera.npz"
+    assert main(["train", "mera", "--n-train", "120", "--n-test", "40", "--epochs", "1",
+                 "--chi", "2", "--quiet", "--out", str(out)]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert isinstance(fasttn.load(out), MERA2D)
+    assert main(["train", "mera", "--size", "8", "--epochs", "1", "--quiet"]) == 2

@@ -757,3 +757,18 @@ def test_parameter_count_after_fit(rng):
     m = QCNN(d=2, epochs=1, batch_size=6).fit(X, y)
     assert m.n_params_ == 240 * 4 + 180 * 2
     assert m.n_params_ == sum(p.size for p in m.weights_ + m.gammas_ + m.betas_)
+
+
+def test_cli_train_qcnn_with_validation_split_and_augmentation(tmp_path, capsys):
+    from fasttn.cli import main
+
+    hist = tmp_path / "h.json"
+    assert main(["train", "qcnn", "--n-train", "200", "--n-test", "50", "--epochs", "2",
+                 "--size", "8", "--augment-shift", "1", "--val-split", "0.2", "--restore-best",
+                 "--quiet", "--history", str(hist)]) == 0
+    out = capsys.readouterr().out
+    assert "validation: 40 images held out" in out and "best epoch" in out
+    record = json.loads(hist.read_text())
+    assert len(record["history"]) == 2 and 0 <= record["test_accuracy"] <= 1
+    assert main(["train", "qcnn", "--epochs", "1", "--restore-best", "--quiet"]) == 2
+    assert main(["train", "qcnn", "--epochs", "1", "--val-split", "1.5", "--quiet"]) == 2

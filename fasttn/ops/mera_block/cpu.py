@@ -1,11 +1,13 @@
 """CPU MERA block: one Numba pass over (image, block) pairs, every intermediate in registers/L1.
 
-Per block: the central sites' outer product times ``u1`` (p^4 -> b^4), each quadrant's three
+Per chunk of blocks, the central sites' outer products times ``u1`` (p^4 -> b^4) as one
+GEMM (the block's largest step); per block, each quadrant's three
 outer sites times its isometry (p^3 -> b x chi), the four legs of the ``u1`` output turned
 into isometry outputs one at a time (chi b^4 + chi^2 b^3 + chi^3 b^2 + chi^4 b), then the
 shared map ``M = u2 top`` (chi^4 -> d_out), folded once per call since nothing enters
 between ``u2`` and ``top``. Nothing per block is written to memory but the output; the
-backward recomputes the block and accumulates the weight gradients per chunk of blocks.
+backward recomputes the block and accumulates the weight gradients per chunk of blocks
+(the ``u1`` gradient and the centre gradients as two more GEMMs per chunk).
 """
 from __future__ import annotations
 
@@ -56,9 +58,8 @@ def _leg_backward(t, pre, n, post, v, m, g_out, g_t, g_v):
 
 
 @njit(inline="always")
-def _block_forward(x, img, r0, c0, u1f, wf, p, b, chi, xc, x3, z, v, a1, a2, a3, t2):
-    """The block at rows r0.., columns c0.. of image ``img`` up to ``t2`` (chi^4)."""
-    # central sites' outer product, row-major over (f, g, j, k)
+def _centre_product(x, img, r0, c0, p, xc):
+    """Outer product of the central sites f, g, j, k of the block at (r0, c0), row-major."""
     for i0 in range(p):
         for i1 in range(p):
             for i2 in range(p):
@@ -66,13 +67,12 @@ def _block_forward(x, img, r0, c0, u1f, wf, p, b, chi, xc, x3, z, v, a1, a2, a3,
                     xc[((i0 * p + i1) * p + i2) * p + i3] = (
                         x[img, r0 + 1, c0 + 1, i0] * x[img, r0 + 1, c0 + 2, i1]
                         * x[img, r0 + 2, c0 + 1, i2] * x[img, r0 + 2, c0 + 2, i3])
-    nz = z.size
-    for k in range(nz):
-        z[k] = 0.0
-    for i in range(xc.size):
-        xi = xc[i]
-        for k in range(nz):
-            z[k] += xi * u1f[i, k]
+
+
+@njit(inline="always")
+def _block_rest(x, img, r0, c0, z, wf, p, b, chi, x3, v, a1, a2, a3, t2):
+    """Given the block's ``z = centre @ u1`` (b^4): the isometries and the four legs, up to
+    ``t2`` (chi^4)."""
     for q in range(4):
         ra, ca = r0 + _QUADRANTS[q, 0, 0], c0 + _QUADRANTS[q, 0, 1]
         rb, cb = r0 + _QUADRANTS[q, 1, 0], c0 + _QUADRANTS[q, 1, 1]
@@ -93,41 +93,64 @@ def _block_forward(x, img, r0, c0, u1f, wf, p, b, chi, xc, x3, z, v, a1, a2, a3,
     _leg(a3, chi * chi * chi, b, 1, v[3], chi, t2)
 
 
+def _blocks_per_chunk(n_blocks: int) -> int:
+    """Blocks per chunk: enough rows for the chunk's GEMM with u1, two chunks per thread."""
+    return max(1, min(256, -(-n_blocks // (2 * num_threads()))))
+
+
 @njit(parallel=True, fastmath=True)
-def _forward(x, u1f, wf, m, p, b, chi, out):
+def _forward(x, u1f, wf, m, p, b, chi, rows, out):
+    """Chunks of ``rows`` blocks: the centre products of a chunk times ``u1`` as one GEMM,
+    then each block's isometries, legs and ``t2 @ m``."""
     n_img, nh, nw, d_out = out.shape
     n = n_img * nh * nw
-    for blk in prange(n):
-        img = blk // (nh * nw)
-        bi = (blk // nw) % nh
-        bj = blk % nw
-        xc = np.empty(p ** 4, x.dtype)
+    n_chunks = (n + rows - 1) // rows
+    for t in prange(n_chunks):
+        lo = t * rows
+        hi = min(n, lo + rows)
+        xc = np.empty((hi - lo, p ** 4), x.dtype)
+        for blk in range(lo, hi):
+            img = blk // (nh * nw)
+            _centre_product(x, img, 4 * ((blk // nw) % nh), 4 * (blk % nw), p, xc[blk - lo])
+        z = np.dot(xc, u1f)
         x3 = np.empty((4, p ** 3), x.dtype)
-        z = np.empty(b ** 4, x.dtype)
         v = np.empty((4, b, chi), x.dtype)
         a1 = np.empty(chi * b ** 3, x.dtype)
         a2 = np.empty(chi * chi * b * b, x.dtype)
         a3 = np.empty(chi ** 3 * b, x.dtype)
         t2 = np.empty(chi ** 4, x.dtype)
-        _block_forward(x, img, 4 * bi, 4 * bj, u1f, wf, p, b, chi, xc, x3, z, v, a1, a2, a3, t2)
-        for o in range(d_out):
-            acc = 0.0
-            for k in range(chi ** 4):
-                acc += t2[k] * m[k, o]
-            out[img, bi, bj, o] = acc
+        for blk in range(lo, hi):
+            img = blk // (nh * nw)
+            bi = (blk // nw) % nh
+            bj = blk % nw
+            _block_rest(x, img, 4 * bi, 4 * bj, z[blk - lo], wf, p, b, chi, x3, v, a1, a2, a3,
+                        t2)
+            for o in range(d_out):
+                acc = 0.0
+                for k in range(chi ** 4):
+                    acc += t2[k] * m[k, o]
+                out[img, bi, bj, o] = acc
 
 
 @njit(parallel=True, fastmath=True)
-def _backward(x, u1f, wf, m, p, b, chi, g_out, n_chunks, g_x, g_u1f, g_wf, g_m):
-    """Per chunk of blocks: recompute each block, push ``g_out`` back through it, write the
-    sites' gradients and add the weights' into the chunk's own slot (summed by the caller)."""
+def _backward(x, u1f, u1f_t, wf, m, p, b, chi, g_out, rows, g_x, g_u1f, g_wf, g_m):
+    """Per chunk of ``rows`` blocks: recompute each block, push ``g_out`` back through it to
+    ``g_z`` (b^4 per block), then the chunk's ``u1`` gradient and centre gradients as two
+    GEMMs; site gradients are written, weight gradients added into the chunk's own slot
+    (summed by the caller)."""
     n_img, nh, nw, d_out = g_out.shape
     n = n_img * nh * nw
-    step = (n + n_chunks - 1) // n_chunks
+    n_chunks = (n + rows - 1) // rows
     for t in prange(n_chunks):
-        xc = np.empty(p ** 4, x.dtype)
+        lo = t * rows
+        hi = min(n, lo + rows)
+        xc = np.empty((hi - lo, p ** 4), x.dtype)
+        for blk in range(lo, hi):
+            img = blk // (nh * nw)
+            _centre_product(x, img, 4 * ((blk // nw) % nh), 4 * (blk % nw), p, xc[blk - lo])
+        z = np.dot(xc, u1f)
+        g_z = np.empty_like(z)
         x3 = np.empty((4, p ** 3), x.dtype)
-        z = np.empty(b ** 4, x.dtype)
         v = np.empty((4, b, chi), x.dtype)
         a1 = np.empty(chi * b ** 3, x.dtype)
         a2 = np.empty(chi * chi * b * b, x.dtype)
@@ -137,16 +160,14 @@ def _backward(x, u1f, wf, m, p, b, chi, g_out, n_chunks, g_x, g_u1f, g_wf, g_m):
         g_a3 = np.empty(chi ** 3 * b, x.dtype)
         g_a2 = np.empty(chi * chi * b * b, x.dtype)
         g_a1 = np.empty(chi * b ** 3, x.dtype)
-        g_z = np.empty(b ** 4, x.dtype)
         g_v = np.empty((4, b, chi), x.dtype)
-        g_xc = np.empty(p ** 4, x.dtype)
         g_x3 = np.empty(p ** 3, x.dtype)
-        for blk in range(t * step, min(n, (t + 1) * step)):
+        for blk in range(lo, hi):
             img = blk // (nh * nw)
             bi = (blk // nw) % nh
             bj = blk % nw
             r0, c0 = 4 * bi, 4 * bj
-            _block_forward(x, img, r0, c0, u1f, wf, p, b, chi, xc, x3, z, v, a1, a2, a3, t2)
+            _block_rest(x, img, r0, c0, z[blk - lo], wf, p, b, chi, x3, v, a1, a2, a3, t2)
             # out = t2 @ m
             for k in range(chi ** 4):
                 acc = 0.0
@@ -159,33 +180,8 @@ def _backward(x, u1f, wf, m, p, b, chi, g_out, n_chunks, g_x, g_u1f, g_wf, g_m):
             _leg_backward(a3, chi * chi * chi, b, 1, v[3], chi, g_t2, g_a3, g_v[3])
             _leg_backward(a2, chi * chi, b, b, v[2], chi, g_a3, g_a2, g_v[2])
             _leg_backward(a1, chi, b, b * b, v[1], chi, g_a2, g_a1, g_v[1])
-            _leg_backward(z, 1, b, b * b * b, v[0], chi, g_a1, g_z, g_v[0])
-            # z = xc @ u1f
-            for i in range(p ** 4):
-                acc = 0.0
-                xi = xc[i]
-                for k in range(b ** 4):
-                    acc += u1f[i, k] * g_z[k]
-                    g_u1f[t, i, k] += xi * g_z[k]
-                g_xc[i] = acc
-            # xc = x_f (x) x_g (x) x_j (x) x_k: each site's gradient is g_xc against the others
-            for s in range(4):
-                rs, cs = r0 + _CENTRE[s, 0], c0 + _CENTRE[s, 1]
-                for a in range(p):
-                    g_x[img, rs, cs, a] = 0.0
-            for i0 in range(p):
-                for i1 in range(p):
-                    for i2 in range(p):
-                        for i3 in range(p):
-                            g = g_xc[((i0 * p + i1) * p + i2) * p + i3]
-                            f0 = x[img, r0 + 1, c0 + 1, i0]
-                            f1 = x[img, r0 + 1, c0 + 2, i1]
-                            f2 = x[img, r0 + 2, c0 + 1, i2]
-                            f3 = x[img, r0 + 2, c0 + 2, i3]
-                            g_x[img, r0 + 1, c0 + 1, i0] += g * f1 * f2 * f3
-                            g_x[img, r0 + 1, c0 + 2, i1] += g * f0 * f2 * f3
-                            g_x[img, r0 + 2, c0 + 1, i2] += g * f0 * f1 * f3
-                            g_x[img, r0 + 2, c0 + 2, i3] += g * f0 * f1 * f2
+            _leg_backward(z[blk - lo], 1, b, b * b * b, v[0], chi, g_a1, g_z[blk - lo],
+                          g_v[0])
             for q in range(4):
                 # v[q] = x3[q] @ wf[q] (as b x chi)
                 for i in range(p ** 3):
@@ -213,6 +209,31 @@ def _backward(x, u1f, wf, m, p, b, chi, g_out, n_chunks, g_x, g_u1f, g_wf, g_m):
                             g_x[img, ra, ca, i0] += g * f1 * f2
                             g_x[img, rb, cb, i1] += g * f0 * f2
                             g_x[img, rc, cc, i2] += g * f0 * f1
+        # z = xc @ u1f: two GEMMs for the chunk
+        g_u1f[t] += np.dot(xc.T, g_z)
+        g_xc = np.dot(g_z, u1f_t)
+        # xc = x_f (x) x_g (x) x_j (x) x_k: each site's gradient is g_xc against the others
+        for blk in range(lo, hi):
+            img = blk // (nh * nw)
+            r0, c0 = 4 * ((blk // nw) % nh), 4 * (blk % nw)
+            gc = g_xc[blk - lo]
+            for s in range(4):
+                rs, cs = r0 + _CENTRE[s, 0], c0 + _CENTRE[s, 1]
+                for a in range(p):
+                    g_x[img, rs, cs, a] = 0.0
+            for i0 in range(p):
+                for i1 in range(p):
+                    for i2 in range(p):
+                        for i3 in range(p):
+                            g = gc[((i0 * p + i1) * p + i2) * p + i3]
+                            f0 = x[img, r0 + 1, c0 + 1, i0]
+                            f1 = x[img, r0 + 1, c0 + 2, i1]
+                            f2 = x[img, r0 + 2, c0 + 1, i2]
+                            f3 = x[img, r0 + 2, c0 + 2, i3]
+                            g_x[img, r0 + 1, c0 + 1, i0] += g * f1 * f2 * f3
+                            g_x[img, r0 + 1, c0 + 2, i1] += g * f0 * f2 * f3
+                            g_x[img, r0 + 2, c0 + 1, i2] += g * f0 * f1 * f3
+                            g_x[img, r0 + 2, c0 + 2, i3] += g * f0 * f1 * f2
 
 
 def _fold_top(u2, top):
@@ -226,9 +247,10 @@ def mera_block_forward(x, u1, w, u2, top):
     b, chi, d_out = u1.shape[-1], w.shape[-1], top.shape[-1]
     m = _fold_top(u2, top)
     out = np.empty((n_img, h // 4, wd // 4, d_out), x.dtype)
+    rows = _blocks_per_chunk(out.shape[0] * out.shape[1] * out.shape[2])
     with kernel_threads():
         _forward(x, u1.reshape(p ** 4, b ** 4), w.reshape(4, p ** 3, b * chi), m, p, b, chi,
-                 out)
+                 rows, out)
     return out, (x, u1, w, u2, top, m)
 
 
@@ -238,15 +260,17 @@ def mera_block_backward(saved, g_out):
     n_img, h, wd, p = x.shape
     b, chi, d_out = u1.shape[-1], w.shape[-1], top.shape[-1]
     n_blocks = g_out.shape[0] * g_out.shape[1] * g_out.shape[2]
-    n_chunks = max(1, min(4 * num_threads(), n_blocks))
+    rows = _blocks_per_chunk(n_blocks)
+    n_chunks = -(-n_blocks // rows)
     dt = x.dtype
     g_x = np.empty_like(x)
     g_u1f = np.zeros((n_chunks, p ** 4, b ** 4), dt)
     g_wf = np.zeros((n_chunks, 4, p ** 3, b * chi), dt)
     g_m = np.zeros((n_chunks, chi ** 4, d_out), dt)
     with kernel_threads():
-        _backward(x, u1.reshape(p ** 4, b ** 4), w.reshape(4, p ** 3, b * chi), m, p, b, chi,
-                  np.ascontiguousarray(g_out), n_chunks, g_x, g_u1f, g_wf, g_m)
+        u1f = u1.reshape(p ** 4, b ** 4)
+        _backward(x, u1f, np.ascontiguousarray(u1f.T), w.reshape(4, p ** 3, b * chi), m, p, b,
+                  chi, np.ascontiguousarray(g_out), rows, g_x, g_u1f, g_wf, g_m)
     chi4 = chi ** 4
     g_m = g_m.sum(axis=0, dtype=np.float64)
     # M = U2 Top with U2 : (chi^4, chi^4), Top : (chi^4, d_out)

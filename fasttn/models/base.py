@@ -16,6 +16,8 @@ from typing import Any, Dict, Type
 import numpy as np
 
 from .._atomic import atomic_file
+from .._validate import (check_dtype, check_finite, check_float_array, check_labels,
+                         check_positive_int)
 
 _REGISTRY: Dict[str, Type["Estimator"]] = {}
 FORMAT = "fasttn-checkpoint"
@@ -47,6 +49,51 @@ class Estimator:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
+
+    def _check_classifier_config(self) -> None:
+        """The hyper-parameters every classifier here has: n_classes, dtype, batch_size,
+        epochs."""
+        check_positive_int("n_classes", self.n_classes)
+        if self.n_classes < 2:
+            raise ValueError(f"n_classes: expected at least 2, got {self.n_classes}")
+        check_dtype("dtype", self.dtype)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("epochs", self.epochs)
+
+    _FITTED_ATTR = "history_"  # set by fit; models name their parameter attribute
+
+    def _start_fit(self, X: Any, y: Any, epochs: Any, batch_size: Any, warm_start: bool):
+        """Checks shared by every ``fit``; (re)initialises unless warm-starting a fitted
+        model. Returns ``(X, y, epochs, batch_size, rng)``."""
+        self._check_config()
+        epochs = check_positive_int("epochs", epochs if epochs is not None else self.epochs)
+        batch_size = check_positive_int("batch_size",
+                                        batch_size if batch_size is not None else self.batch_size)
+        X = check_float_array("X", X, ndim=3)
+        y = check_labels("y", y, self.n_classes, n_samples=X.shape[0])
+        fitted = warm_start and hasattr(self, self._FITTED_ATTR)
+        X = self._check_X(X, fitted=fitted)
+        rng = np.random.default_rng(self.random_state)
+        if not fitted:
+            self._setup(X.shape[1:])
+            self._init_params(rng)
+            self.history_ = []
+        return X, y, epochs, batch_size, rng
+
+    def _check_X(self, X: Any, fitted: bool) -> np.ndarray:
+        """Images ``(n, height, width)`` in [0, 1], finite; once fitted, of the fitted shape."""
+        X = check_float_array("X", X, ndim=3)
+        if X.shape[0] == 0:
+            raise ValueError("X: expected at least one image, got 0")
+        check_finite("X", X)
+        lo, hi = float(X.min()), float(X.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(f"X: expected pixel values in [0, 1], got values in [{lo:.4g}, "
+                             f"{hi:.4g}] (scale uint8 images by 1/255)")
+        if fitted and tuple(X.shape[1:]) != tuple(self.image_shape_):
+            raise ValueError(f"X: expected images of shape {tuple(self.image_shape_)} (as in "
+                             f"fit), got {tuple(X.shape[1:])}")
+        return X
 
     def score(self, X: Any, y: Any) -> float:
         """Mean accuracy of :meth:`predict` on ``(X, y)``."""

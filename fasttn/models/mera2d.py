@@ -10,13 +10,12 @@ are the last level's output; predictions (argmax) are those of the exact network
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .. import ops
-from .._validate import (check_choice, check_dtype, check_finite, check_float_array,
-                         check_labels, check_positive_int)
+from .._validate import check_choice, check_positive_int
 from ..ops.feature_maps import FEATURE_MAPS, n_channels
 from ..ops.site_norm import site_norm_backward, site_norm_forward
 from ..train import AdamW, StepLR, loss_fn
@@ -60,6 +59,8 @@ class MERA2D(Estimator):
     verbose : int
     """
 
+    _FITTED_ATTR = "params_"
+
     def __init__(self, n_classes: int = 2, chi: int = 4, bond: Optional[int] = None,
                  feature_map: str = "cos_sin", n_features: Optional[int] = None,
                  constant: bool = True, lr: float = 0.005, weight_decay: float = 0.0, lr_step: int = 10,
@@ -86,17 +87,12 @@ class MERA2D(Estimator):
 
     # ------------------------------------------------------------------ configuration
     def _check_config(self) -> None:
-        check_positive_int("n_classes", self.n_classes)
-        if self.n_classes < 2:
-            raise ValueError(f"n_classes: expected at least 2, got {self.n_classes}")
+        self._check_classifier_config()
         check_positive_int("chi", self.chi)
         if self.bond is not None:
             check_positive_int("bond", self.bond)
         check_choice("feature_map", self.feature_map, FEATURE_MAPS)
         check_choice("init", self.init, ("identity", "random"))
-        check_dtype("dtype", self.dtype)
-        check_positive_int("batch_size", self.batch_size)
-        check_positive_int("epochs", self.epochs)
 
     def _n_features(self) -> int:
         if self.n_features is not None:
@@ -149,20 +145,6 @@ class MERA2D(Estimator):
         return int(sum(a.size for a in self._param_list()))
 
     # ------------------------------------------------------------------------ inputs
-    def _check_X(self, X: Any, fitted: bool) -> np.ndarray:
-        X = check_float_array("X", X, ndim=3)
-        if X.shape[0] == 0:
-            raise ValueError("X: expected at least one image, got 0")
-        check_finite("X", X)
-        lo, hi = float(X.min()), float(X.max())
-        if lo < 0 or hi > 1:
-            raise ValueError(f"X: expected pixel values in [0, 1], got values in [{lo:.4g}, "
-                             f"{hi:.4g}] (scale uint8 images by 1/255)")
-        if fitted and tuple(X.shape[1:]) != tuple(self.image_shape_):
-            raise ValueError(f"X: expected images of shape {tuple(self.image_shape_)} (as in "
-                             f"fit), got {tuple(X.shape[1:])}")
-        return X
-
     # ----------------------------------------------------------------------- compute
     def _forward_backward(self, X: np.ndarray, y: Optional[np.ndarray]):
         """Scores (and with labels the loss and the gradients) of a batch of images.
@@ -206,19 +188,7 @@ class MERA2D(Estimator):
         self, with ``history_`` (one dict per epoch: loss, accuracy, images/s, lr, and
         ``val_accuracy`` with ``validation_data``).
         """
-        self._check_config()
-        epochs = check_positive_int("epochs", epochs if epochs is not None else self.epochs)
-        batch_size = check_positive_int("batch_size",
-                                        batch_size if batch_size is not None else self.batch_size)
-        X = check_float_array("X", X, ndim=3)
-        y = check_labels("y", y, self.n_classes, n_samples=X.shape[0])
-        fitted = warm_start and hasattr(self, "params_")
-        X = self._check_X(X, fitted=fitted)
-        rng = np.random.default_rng(self.random_state)
-        if not fitted:
-            self._setup(X.shape[1:])
-            self._init_params(rng)
-            self.history_: List[Dict[str, Any]] = []
+        X, y, epochs, batch_size, rng = self._start_fit(X, y, epochs, batch_size, warm_start)
         opt = AdamW(self._param_list(), lr=self.lr, weight_decay=self.weight_decay)
         sched = StepLR(opt, step_size=self.lr_step, gamma=self.lr_gamma)
 

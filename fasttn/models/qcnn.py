@@ -12,8 +12,7 @@ import numpy as np
 
 from .. import ops
 from ..backend import array_module, to_numpy
-from .._validate import (check_choice, check_dtype, check_finite, check_float_array,
-                         check_labels, check_positive_int)
+from .._validate import check_choice, check_positive_int
 from ..ops.feature_maps import FEATURE_MAPS, n_channels
 from ..ops.layout import SITE_ORDERS, site_order
 from ..train import AdamW, StepLR, loss_fn
@@ -71,6 +70,8 @@ class QCNN(Estimator):
     verbose : int
     """
 
+    _FITTED_ATTR = "weights_"
+
     def __init__(self, n_classes: int = 10, d: int = 18, widths: Optional[Sequence[int]] = None,
                  feature_map: str = "fourier", n_features: Optional[int] = None,
                  constant: bool = False, pooling: str = "1d", order: str = "row",
@@ -106,18 +107,13 @@ class QCNN(Estimator):
 
     # ------------------------------------------------------------------ configuration
     def _check_config(self) -> None:
-        check_positive_int("n_classes", self.n_classes)
-        if self.n_classes < 2:
-            raise ValueError(f"n_classes: expected at least 2, got {self.n_classes}")
+        self._check_classifier_config()
         check_positive_int("d", self.d)
         check_choice("feature_map", self.feature_map, FEATURE_MAPS)
         check_choice("pooling", self.pooling, ("1d", "2d"))
         check_choice("order", self.order, SITE_ORDERS)
         check_choice("loss", self.loss, ("square", "cross_entropy"))
         check_choice("domain", self.domain, DOMAINS)
-        check_dtype("dtype", self.dtype)
-        check_positive_int("batch_size", self.batch_size)
-        check_positive_int("epochs", self.epochs)
 
     def _n_features(self) -> int:
         if self.n_features is not None:
@@ -183,20 +179,6 @@ class QCNN(Estimator):
         return int(sum(p.size for p in self._params()))
 
     # ------------------------------------------------------------------------ inputs
-    def _check_X(self, X: Any, fitted: bool) -> np.ndarray:
-        X = check_float_array("X", X, ndim=3)
-        if X.shape[0] == 0:
-            raise ValueError("X: expected at least one image, got 0")
-        check_finite("X", X)
-        lo, hi = float(X.min()), float(X.max())
-        if lo < 0 or hi > 1:
-            raise ValueError(f"X: expected pixel values in [0, 1], got values in [{lo:.4g}, "
-                             f"{hi:.4g}] (scale uint8 images by 1/255)")
-        if fitted and tuple(X.shape[1:]) != tuple(self.image_shape_):
-            raise ValueError(f"X: expected images of shape {tuple(self.image_shape_)} (as in "
-                             f"fit), got {tuple(X.shape[1:])}")
-        return X
-
     def _sites(self, X: np.ndarray) -> np.ndarray:
         """Images -> (n, sites) chains in the pooling order, padded, in the model dtype."""
         n, h, w = X.shape
@@ -332,19 +314,7 @@ class QCNN(Estimator):
         -------
         self, with ``history_`` (one dict per epoch).
         """
-        self._check_config()
-        epochs = check_positive_int("epochs", epochs if epochs is not None else self.epochs)
-        batch_size = check_positive_int("batch_size",
-                                        batch_size if batch_size is not None else self.batch_size)
-        X = check_float_array("X", X, ndim=3)
-        y = check_labels("y", y, self.n_classes, n_samples=X.shape[0])
-        fitted = warm_start and hasattr(self, "weights_")
-        X = self._check_X(X, fitted=fitted)
-        rng = np.random.default_rng(self.random_state)
-        if not fitted:
-            self._setup(X.shape[1:])
-            self._init_params(rng)
-            self.history_ = []
+        X, y, epochs, batch_size, rng = self._start_fit(X, y, epochs, batch_size, warm_start)
         if restore_best and validation_data is None:
             raise ValueError("restore_best: needs validation_data (a split held out from "
                              "training, not the test set)")

@@ -93,6 +93,25 @@ def _block_rest(x, img, r0, c0, z, wf, p, b, chi, x3, v, a1, a2, a3, t2):
     _leg(a3, chi * chi * chi, b, 1, v[3], chi, t2)
 
 
+@njit(inline="always")
+def _chunk_centres(x, lo, hi, nh, nw, p, u1f):
+    """Centre products of blocks ``lo..hi`` (flat index over image, block row, block column)
+    and their ``z = xc @ u1`` as one GEMM."""
+    xc = np.empty((hi - lo, p ** 4), x.dtype)
+    for blk in range(lo, hi):
+        img = blk // (nh * nw)
+        _centre_product(x, img, 4 * ((blk // nw) % nh), 4 * (blk % nw), p, xc[blk - lo])
+    return xc, np.dot(xc, u1f)
+
+
+@njit(inline="always")
+def _block_scratch(dtype, p, b, chi):
+    """Per-thread space for one block: ``x3, v, a1, a2, a3, t2`` (or their gradients)."""
+    return (np.empty((4, p ** 3), dtype), np.empty((4, b, chi), dtype),
+            np.empty(chi * b ** 3, dtype), np.empty(chi * chi * b * b, dtype),
+            np.empty(chi ** 3 * b, dtype), np.empty(chi ** 4, dtype))
+
+
 def _blocks_per_chunk(n_blocks: int) -> int:
     """Blocks per chunk: enough rows for the chunk's GEMM with u1, two chunks per thread."""
     return max(1, min(256, -(-n_blocks // (2 * num_threads()))))
@@ -108,17 +127,8 @@ def _forward(x, u1f, wf, m, p, b, chi, rows, out):
     for t in prange(n_chunks):
         lo = t * rows
         hi = min(n, lo + rows)
-        xc = np.empty((hi - lo, p ** 4), x.dtype)
-        for blk in range(lo, hi):
-            img = blk // (nh * nw)
-            _centre_product(x, img, 4 * ((blk // nw) % nh), 4 * (blk % nw), p, xc[blk - lo])
-        z = np.dot(xc, u1f)
-        x3 = np.empty((4, p ** 3), x.dtype)
-        v = np.empty((4, b, chi), x.dtype)
-        a1 = np.empty(chi * b ** 3, x.dtype)
-        a2 = np.empty(chi * chi * b * b, x.dtype)
-        a3 = np.empty(chi ** 3 * b, x.dtype)
-        t2 = np.empty(chi ** 4, x.dtype)
+        xc, z = _chunk_centres(x, lo, hi, nh, nw, p, u1f)
+        x3, v, a1, a2, a3, t2 = _block_scratch(x.dtype, p, b, chi)
         for blk in range(lo, hi):
             img = blk // (nh * nw)
             bi = (blk // nw) % nh
@@ -144,23 +154,10 @@ def _backward(x, u1f, u1f_t, wf, m, p, b, chi, g_out, rows, g_x, g_u1f, g_wf, g_
     for t in prange(n_chunks):
         lo = t * rows
         hi = min(n, lo + rows)
-        xc = np.empty((hi - lo, p ** 4), x.dtype)
-        for blk in range(lo, hi):
-            img = blk // (nh * nw)
-            _centre_product(x, img, 4 * ((blk // nw) % nh), 4 * (blk % nw), p, xc[blk - lo])
-        z = np.dot(xc, u1f)
+        xc, z = _chunk_centres(x, lo, hi, nh, nw, p, u1f)
         g_z = np.empty_like(z)
-        x3 = np.empty((4, p ** 3), x.dtype)
-        v = np.empty((4, b, chi), x.dtype)
-        a1 = np.empty(chi * b ** 3, x.dtype)
-        a2 = np.empty(chi * chi * b * b, x.dtype)
-        a3 = np.empty(chi ** 3 * b, x.dtype)
-        t2 = np.empty(chi ** 4, x.dtype)
-        g_t2 = np.empty(chi ** 4, x.dtype)
-        g_a3 = np.empty(chi ** 3 * b, x.dtype)
-        g_a2 = np.empty(chi * chi * b * b, x.dtype)
-        g_a1 = np.empty(chi * b ** 3, x.dtype)
-        g_v = np.empty((4, b, chi), x.dtype)
+        x3, v, a1, a2, a3, t2 = _block_scratch(x.dtype, p, b, chi)
+        _, g_v, g_a1, g_a2, g_a3, g_t2 = _block_scratch(x.dtype, p, b, chi)
         g_x3 = np.empty(p ** 3, x.dtype)
         for blk in range(lo, hi):
             img = blk // (nh * nw)

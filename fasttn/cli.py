@@ -74,6 +74,8 @@ def _add_train_mera(models: argparse._SubParsersAction) -> None:
     q.add_argument("--feature-map", default="cos_sin", choices=["fourier", "legendre", "cos_sin"])
     q.add_argument("--no-constant", action="store_true", help="no constant feature channel")
     q.add_argument("--init", default="random", choices=["random", "identity"])
+    q.add_argument("--constraint", default="none", choices=["none", "isometric"],
+                   help="keep every tensor but the class map an isometry (polar retraction)")
     q.add_argument("--epochs", type=int, default=10)
     q.add_argument("--batch-size", type=int, default=32)
     q.add_argument("--lr", type=float, default=0.005)
@@ -98,7 +100,8 @@ def _train_mera(args: argparse.Namespace) -> int:
     n_classes = int(max(y_tr.max(), y_te.max())) + 1
     model = fasttn.MERA2D(n_classes=max(n_classes, 2), chi=args.chi, bond=args.bond,
                           feature_map=args.feature_map, constant=not args.no_constant,
-                          init=args.init, lr=args.lr, lr_step=args.lr_step,
+                          init=args.init, constraint=args.constraint, lr=args.lr,
+                          lr_step=args.lr_step,
                           batch_size=args.batch_size, epochs=args.epochs, dtype=args.dtype,
                           random_state=args.seed, verbose=0 if args.quiet else 1)
     print(f"2D MERA on {args.dataset}: {len(y_tr)} train / {len(y_te)} test images of "

@@ -41,3 +41,28 @@ def test_qcnn_workloads_and_table_figures():
     for key in ("fasttn_train", "fasttn_infer", "fasttn_infer_linear", "fasttn_infer_log",
                 "train_gflops", "train_pct_sgemm"):
         assert np.isfinite(fig[key]) and fig[key] > 0, key
+
+
+def test_mera_workloads_run():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        W = _load("benchmarks.mera_workloads", ROOT / "bench" / "benchmarks" / "mera_workloads.py")
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    f = W.MeraLevel(64, batch=1)
+    f.step()
+    assert f.n_blocks == 256 and f.flops > 0
+    rows = W.table(sizes=[64], with_torch=importlib.util.find_spec("torch") is not None)
+    assert rows[0]["fasttn_gflops"] > 0
+    if "speedup" in rows[0]:
+        import torch
+
+        mera_block_torch = _load("baselines.torch_mera", ROOT / "bench" / "baselines" /
+                                 "torch_mera.py").mera_block_torch
+
+        # the baseline computes the same network
+        out = mera_block_torch(torch.from_numpy(f.x), *(torch.from_numpy(w) for w in f.weights))
+        ref = __import__("fasttn").ops.mera_block(f.x, *f.weights)
+        np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max())
+    ns = W.mera2d_step_ns_per_pixel(sizes=(16, 64), batch_pixels=4096)
+    assert set(ns) == {16, 64} and all(v > 0 for v in ns.values())

@@ -108,3 +108,35 @@ def test_cli_trains_and_saves(tmp_path, capsys):
     assert "test accuracy" in capsys.readouterr().out
     assert isinstance(fasttn.load(out), MERA2D)
     assert main(["train", "mera", "--size", "8", "--epochs", "1", "--quiet"]) == 2
+
+
+@pytest.mark.parametrize("shape", [(7, 3), (3, 7), (5, 5)])
+def test_polar_retraction_is_scipys_polar_factor(rng, shape):
+    import scipy.linalg
+
+    from fasttn.train.stiefel import isometry_error, polar_retract
+
+    a = rng.standard_normal(shape)
+    q = polar_retract(a)
+    assert isometry_error(q) <= 1e-12
+    u, _ = scipy.linalg.polar(a) if shape[0] >= shape[1] else scipy.linalg.polar(a.T)
+    assert_close(q, u if shape[0] >= shape[1] else u.T, np.float64, "polar factor")
+    assert_close(polar_retract(q), q, np.float64, "an isometry is its own retraction")
+    with pytest.raises(ValueError, match="a: expected a matrix"):
+        polar_retract(np.zeros(3))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_isometric_constraint_holds_after_training(rng, dtype):
+    from fasttn.train.stiefel import isometry_error
+
+    X = rng.random((24, 16, 16))
+    y = rng.integers(0, 3, 24)
+    m = MERA2D(n_classes=3, chi=2, epochs=2, batch_size=8, constraint="isometric", dtype=dtype,
+               random_state=int(rng.integers(2**31))).fit(X, y)
+    views = m.isometric_views()
+    assert len(views) == 2 * 6 + 1  # two levels; the class map is free
+    assert max(isometry_error(v) for v in views) <= 1e-6
+    # the views are the weights themselves
+    views[0][0, 0] += 1.0
+    assert m.params_[0]["u1"].reshape(-1)[0] == views[0][0, 0]

@@ -20,6 +20,7 @@ from ..ops.feature_maps import FEATURE_MAPS, n_channels
 from ..ops.site_norm import site_norm_backward, site_norm_forward
 from ..train import AdamW, StepLR, loss_fn
 from ..train.loop import fit_loop
+from ..train.stiefel import polar_retract
 from .base import Estimator, register
 
 _PARAMS = ("u1", "w", "u2", "top")
@@ -54,6 +55,11 @@ class MERA2D(Estimator):
         reliably on the digits.
     init_scale : float
         Standard deviation of the noise relative to ``1 / sqrt(fan_in)``.
+    constraint : {"none", "isometric"}
+        ``isometric``: every tensor but the class map is kept an isometry from its input
+        legs to its output legs (``u1``: 4 sites -> 4 legs, each ``w``: 3 sites + leg -> chi,
+        ``u2``, and the ``top`` of every level but the last), by a polar retraction after
+        each optimiser step (see :mod:`fasttn.train.stiefel`).
     dtype : {"float32", "float64"}
     random_state : int, optional
     verbose : int
@@ -65,7 +71,8 @@ class MERA2D(Estimator):
                  feature_map: str = "cos_sin", n_features: Optional[int] = None,
                  constant: bool = True, lr: float = 0.005, weight_decay: float = 0.0, lr_step: int = 10,
                  lr_gamma: float = 0.5, batch_size: int = 32, epochs: int = 10,
-                 init: str = "random", init_scale: float = 1.0, dtype: str = "float32",
+                 init: str = "random", init_scale: float = 1.0, constraint: str = "none",
+                 dtype: str = "float32",
                  random_state: Optional[int] = None, verbose: int = 0):
         self.n_classes = n_classes
         self.chi = chi
@@ -81,6 +88,7 @@ class MERA2D(Estimator):
         self.epochs = epochs
         self.init = init
         self.init_scale = init_scale
+        self.constraint = constraint
         self.dtype = dtype
         self.random_state = random_state
         self.verbose = verbose
@@ -93,6 +101,7 @@ class MERA2D(Estimator):
             check_positive_int("bond", self.bond)
         check_choice("feature_map", self.feature_map, FEATURE_MAPS)
         check_choice("init", self.init, ("identity", "random"))
+        check_choice("constraint", self.constraint, ("none", "isometric"))
 
     def _n_features(self) -> int:
         if self.n_features is not None:
@@ -136,6 +145,24 @@ class MERA2D(Estimator):
                       else (0,) * len(shape)] += 1.0
                 prm[name] = t.astype(dt)
             self.params_.append(prm)
+        self._retract()
+
+    def isometric_views(self) -> List[np.ndarray]:
+        """The constrained tensors as (inputs x outputs) matrices (views of the weights)."""
+        views = []
+        for level, prm in enumerate(self.params_):
+            p, b, chi, d_out = self._dims(level)
+            views.append(prm["u1"].reshape(p ** 4, b ** 4))
+            views.extend(prm["w"][q].reshape(p ** 3 * b, chi) for q in range(4))
+            views.append(prm["u2"].reshape(chi ** 4, chi ** 4))
+            if level < self.n_levels_ - 1:
+                views.append(prm["top"].reshape(chi ** 4, d_out))
+        return views
+
+    def _retract(self) -> None:
+        if self.constraint == "isometric":
+            for view in self.isometric_views():
+                view[...] = polar_retract(view)
 
     def _param_list(self) -> List[np.ndarray]:
         return [level[name] for level in self.params_ for name in _PARAMS]
@@ -195,6 +222,7 @@ class MERA2D(Estimator):
         def step(idx):
             scores, _, loss, grads = self._forward_backward(X[idx], y[idx])
             opt.step(grads)
+            self._retract()
             return loss, int(np.sum(np.argmax(scores, axis=1) == y[idx]))
 
         hooks = []

@@ -1,0 +1,54 @@
+"""2D MERA benchmarks: one level of exact MERA blocks (forward + backward) against the plain
+PyTorch batched-einsum version in the same process, and MERA2D's cost per pixel as the image
+grows (it must stay flat: the contraction is linear in the number of pixels).
+
+Workloads are in :mod:`benchmarks.mera_workloads`; ``python -m benchmarks.mera_workloads``
+(from ``bench/``) prints the same figures without asv.
+"""
+from __future__ import annotations
+
+from . import mera_workloads as W
+
+
+class MeraBlockLevel:
+    params = [128, 512]
+    param_names = ["size"]
+    timeout = 600
+
+    def setup(self, size):
+        self.f = W.MeraLevel(size)
+        self.f.step()  # compile outside the timed region
+
+    def time_level_forward_backward(self, size):
+        self.f.step()
+
+    def track_gflops(self, size):
+        return self.f.flops / W.best_time(self.f.step) / 1e9
+    track_gflops.unit = "GFLOP/s"
+
+    def track_speedup_over_torch(self, size):
+        try:
+            t = W.TorchMeraLevel(self.f)
+        except ImportError:
+            raise NotImplementedError("PyTorch is not installed")
+        return W.best_time(t.step) / W.best_time(self.f.step)
+    track_speedup_over_torch.unit = "x"
+
+
+class Mera2DScaling:
+    timeout = 900
+
+    def setup(self):
+        self.ns = W.mera2d_step_ns_per_pixel()
+
+    def track_ns_per_pixel_1024_over_64(self):
+        return self.ns[1024] / self.ns[64]
+    track_ns_per_pixel_1024_over_64.unit = "ratio"
+
+    def track_ns_per_pixel_64(self):
+        return self.ns[64]
+    track_ns_per_pixel_64.unit = "ns"
+
+    def track_ns_per_pixel_1024(self):
+        return self.ns[1024]
+    track_ns_per_pixel_1024.unit = "ns"

@@ -26,20 +26,23 @@ def test_site_norm_gradient_and_scale(rng):
     assert abs(fd - np.sum(g_x * d)) <= 1e-7 * max(1.0, abs(fd))
 
 
-def small_model(rng, **kw):
+def small_model(rng, side=16, **kw):
     m = MERA2D(**{**dict(n_classes=3, chi=2, dtype="float64", init="random", init_scale=1.0),
                   **kw})
     m._check_config()
-    m._setup((16, 16))
+    m._setup((side, side))
     m._init_params(rng)
     m.history_ = []
     return m
 
 
-@pytest.mark.parametrize("init", ["random", "identity"])
-def test_model_gradient_matches_finite_differences(rng, init):
-    m = small_model(rng, init=init)
-    X = rng.random((4, 16, 16))
+@pytest.mark.parametrize("init,side", [("random", 16), ("identity", 16), ("random", 8),
+                                       ("random", 2)])
+def test_model_gradient_matches_finite_differences(rng, init, side):
+    # 8x8: one level of 4x4 blocks and the 2x2 end block; 2x2: the end block alone
+    m = small_model(rng, side=side, init=init)
+    assert m.has_end_ == (side != 16)
+    X = rng.random((4, side, side))
     y = rng.integers(0, 3, 4)
     _, _, loss, grads = m._forward_backward(X, y)
     h = 1e-6
@@ -54,17 +57,21 @@ def test_model_gradient_matches_finite_differences(rng, init):
         assert abs(fd - np.sum(g * d)) <= 1e-6 * max(1e-3, abs(fd)), f"parameter {k}"
 
 
-def test_scores_are_the_exact_network_up_to_a_positive_factor(rng):
+@pytest.mark.parametrize("side", [16, 32])
+def test_scores_are_the_exact_network_up_to_a_positive_factor(rng, side):
     # without normalisation between levels the network is one multilinear contraction:
-    # scores * exp(log_scale) must equal it
+    # scores * exp(log_scale) must equal it (32x32: two block levels and the end block)
     from fasttn import ops
 
-    m = small_model(rng)
-    X = rng.random((3, 16, 16))
+    m = small_model(rng, side=side)
+    X = rng.random((3, side, side))
     scores, log_scale, _, _ = m._forward_backward(X, None)
     x = ops.feature_map(X, m.feature_map, m._n_features(), m.constant)
     for prm in m.params_:
-        x = ops.mera_block(x, prm["u1"], prm["w"], prm["u2"], prm["top"])
+        if "u" in prm:
+            x = ops.mera_end_forward(x, prm["u"], prm["top"])[0]
+        else:
+            x = ops.mera_block(x, prm["u1"], prm["w"], prm["u2"], prm["top"])
     assert_close(scores * np.exp(log_scale)[:, None], x.reshape(3, -1), np.float64, "exact")
 
 
@@ -87,8 +94,8 @@ def test_save_load_and_bad_input(rng, tmp_path):
     m.save(tmp_path / "m.npz")
     m2 = fasttn.load(tmp_path / "m.npz")
     np.testing.assert_array_equal(m2.decision_function(X), m.decision_function(X))
-    with pytest.raises(ValueError, match="power of 4"):
-        MERA2D().fit(rng.random((2, 8, 8)), [0, 1])
+    with pytest.raises(ValueError, match="power of 2"):
+        MERA2D().fit(rng.random((2, 12, 12)), [0, 1])
     with pytest.raises(ValueError, match="X: expected images of shape"):
         m.predict(rng.random((2, 64, 64)))
     with pytest.raises(ValueError, match="pixel values"):
@@ -107,7 +114,7 @@ def test_cli_trains_and_saves(tmp_path, capsys):
                  "--chi", "2", "--quiet", "--out", str(out)]) == 0
     assert "test accuracy" in capsys.readouterr().out
     assert isinstance(fasttn.load(out), MERA2D)
-    assert main(["train", "mera", "--size", "8", "--epochs", "1", "--quiet"]) == 2
+    assert main(["train", "mera", "--size", "12", "--epochs", "1", "--quiet"]) == 2
 
 
 @pytest.mark.parametrize("shape", [(7, 3), (3, 7), (5, 5)])
@@ -136,6 +143,10 @@ def test_isometric_constraint_holds_after_training(rng, dtype):
                random_state=int(rng.integers(2**31))).fit(X, y)
     views = m.isometric_views()
     assert len(views) == 2 * 6 + 1  # two levels; the class map is free
+    m8 = MERA2D(n_classes=3, chi=2, epochs=1, constraint="isometric", dtype=dtype,
+                random_state=int(rng.integers(2**31))).fit(rng.random((8, 8, 8)), y[:8])
+    assert len(m8.isometric_views()) == 7 + 1  # one block level with its top, the end's u
+    assert max(isometry_error(v) for v in m8.isometric_views()) <= 1e-6
     assert max(isometry_error(v) for v in views) <= 1e-6
     # the views are the weights themselves
     views[0][0, 0] += 1.0

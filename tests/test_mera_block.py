@@ -92,3 +92,34 @@ def test_bad_input_is_named(rng, which, bad, match):
     out, saved = mera_block_forward(*make(rng, 2, 8, 4, 2, 3, 2, 3, np.float64))
     with pytest.raises(ValueError, match="g_out: expected shape"):
         mera_block_backward(saved, np.zeros((2, 2, 1, 4)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_end_block_is_the_2x2_network(rng, dtype):
+    from fasttn.ops import mera_end_backward, mera_end_forward
+
+    n, p, b, d_out = 3, 3, 2, 4
+    x = rng.standard_normal((n, 2, 2, p)).astype(dtype)
+    u = rng.standard_normal((p,) * 4 + (b,) * 4).astype(dtype)
+    top = rng.standard_normal((b,) * 4 + (d_out,)).astype(dtype)
+    out, saved = mera_end_forward(x, u, top)
+    x64, u64, top64 = (a.astype(np.float64) for a in (x, u, top))
+    expected = np.einsum("na,nb,nc,nd,abcdQRST,QRSTZ->nZ", x64[:, 0, 0], x64[:, 0, 1],
+                         x64[:, 1, 0], x64[:, 1, 1], u64, top64)
+    assert out.shape == (n, 1, 1, d_out) and out.dtype == dtype
+    assert_close(out[:, 0, 0], expected, dtype, "end block")
+    g = rng.standard_normal(out.shape)
+    grads = mera_end_backward(saved, g.astype(dtype))
+    h = 1e-6
+    args = [x64, u64, top64]
+    for k, ga in enumerate(grads):
+        d = rng.standard_normal(args[k].shape)
+        plus, minus = list(args), list(args)
+        plus[k] = args[k] + h * d
+        minus[k] = args[k] - h * d
+        fd = (np.sum(g * mera_end_forward(*plus)[0]) - np.sum(g * mera_end_forward(*minus)[0]))
+        fd /= 2 * h
+        tol = 1e-6 if dtype == np.float64 else 1e-3
+        assert abs(fd - np.sum(ga * d)) <= tol * max(1.0, abs(fd)), f"operand {k}"
+    with pytest.raises(ValueError, match="2x2 grid"):
+        mera_end_forward(np.zeros((1, 4, 4, p), dtype), u, top)

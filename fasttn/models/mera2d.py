@@ -24,11 +24,14 @@ from ..train.stiefel import polar_retract
 from .base import Estimator, register
 
 _PARAMS = ("u1", "w", "u2", "top")
+_END_PARAMS = ("u", "top")  # the 2x2 end block of grids whose side is not a power of 4
 
 
 @register
 class MERA2D(Estimator):
-    """Hierarchical 2D MERA classifier on square images whose side is a power of 4.
+    """Hierarchical 2D MERA classifier on square images whose side is a power of 2 (at
+    least 2). Each level maps 4x4 blocks to one site; a side that is not a power of 4 ends
+    with a 2x2 block (disentangler ``u`` and isometry ``top``).
 
     Parameters
     ----------
@@ -115,13 +118,17 @@ class MERA2D(Estimator):
         while side > 1 and side % 4 == 0:
             side //= 4
             levels += 1
-        if h != w or side != 1:
-            raise ValueError(f"X: expected square images whose side is a power of 4 (4, 16, "
-                             f"64, 256, 1024), got {h}x{w}")
+        if h != w or side not in (1, 2) or h < 2:
+            raise ValueError(f"X: expected square images whose side is a power of 2 (2, 4, 8, "
+                             f"..., 1024), got {h}x{w}; pad or resize them")
         self.image_shape_ = (h, w)
-        self.n_levels_ = levels
+        self.has_end_ = side == 2
+        self.n_levels_ = levels + int(self.has_end_)
         self.p0_ = n_channels(self.feature_map, self._n_features(), self.constant)
         self.n_features_in_ = h * w
+
+    def _names(self, level: int) -> Tuple[str, ...]:
+        return _END_PARAMS if self.has_end_ and level == self.n_levels_ - 1 else _PARAMS
 
     def _dims(self, level: int) -> Tuple[int, int, int, int]:
         """``(p, b, chi, d_out)`` of a level."""
@@ -129,13 +136,19 @@ class MERA2D(Estimator):
         d_out = self.n_classes if level == self.n_levels_ - 1 else self.chi
         return p, self.bond or self.chi, self.chi, d_out
 
+    def _shapes(self, level: int) -> Dict[str, Tuple[Tuple[int, ...], int]]:
+        """``name: (shape, fan_in)`` of each tensor of a level."""
+        p, b, chi, d_out = self._dims(level)
+        if self._names(level) == _END_PARAMS:
+            return {"u": ((p,) * 4 + (b,) * 4, p ** 4), "top": ((b,) * 4 + (d_out,), b ** 4)}
+        return {"u1": ((p,) * 4 + (b,) * 4, p ** 4), "w": ((4, p, p, p, b, chi), p ** 3 * b),
+                "u2": ((chi,) * 8, chi ** 4), "top": ((chi,) * 4 + (d_out,), chi ** 4)}
+
     def _init_params(self, rng: np.random.Generator) -> None:
         dt = np.dtype(self.dtype)
         self.params_: List[Dict[str, np.ndarray]] = []
         for level in range(self.n_levels_):
-            p, b, chi, d_out = self._dims(level)
-            shapes = {"u1": ((p,) * 4 + (b,) * 4, p ** 4), "w": ((4, p, p, p, b, chi), p ** 3 * b),
-                      "u2": ((chi,) * 8, chi ** 4), "top": ((chi,) * 4 + (d_out,), chi ** 4)}
+            shapes = self._shapes(level)
             prm = {}
             for name, (shape, fan_in) in shapes.items():
                 t = self.init_scale / np.sqrt(fan_in) * rng.standard_normal(shape)
@@ -152,6 +165,9 @@ class MERA2D(Estimator):
         views = []
         for level, prm in enumerate(self.params_):
             p, b, chi, d_out = self._dims(level)
+            if self._names(level) == _END_PARAMS:
+                views.append(prm["u"].reshape(p ** 4, b ** 4))
+                continue
             views.append(prm["u1"].reshape(p ** 4, b ** 4))
             views.extend(prm["w"][q].reshape(p ** 3 * b, chi) for q in range(4))
             views.append(prm["u2"].reshape(chi ** 4, chi ** 4))
@@ -165,7 +181,8 @@ class MERA2D(Estimator):
                 view[...] = polar_retract(view)
 
     def _param_list(self) -> List[np.ndarray]:
-        return [level[name] for level in self.params_ for name in _PARAMS]
+        return [prm[name] for level, prm in enumerate(self.params_)
+                for name in self._names(level)]
 
     @property
     def n_params_(self) -> int:
@@ -183,7 +200,11 @@ class MERA2D(Estimator):
         log_scale = np.zeros(X.shape[0])
         tapes, norms = [], []
         for level, prm in enumerate(self.params_):
-            out, saved = ops.mera_block_forward(x, prm["u1"], prm["w"], prm["u2"], prm["top"])
+            if self._names(level) == _END_PARAMS:
+                out, saved = ops.mera_end_forward(x, prm["u"], prm["top"])
+            else:
+                out, saved = ops.mera_block_forward(x, prm["u1"], prm["w"], prm["u2"],
+                                                    prm["top"])
             tapes.append(saved)
             if level < self.n_levels_ - 1:
                 x, log_norm, nsaved = site_norm_forward(out)
@@ -194,13 +215,15 @@ class MERA2D(Estimator):
             return scores, log_scale, None, None
         loss, g_scores = loss_fn("cross_entropy")(scores, y)
         g = g_scores.astype(self.dtype).reshape(out.shape)
-        grads: List[Optional[np.ndarray]] = [None] * (4 * self.n_levels_)
+        per_level: List[List[np.ndarray]] = [[] for _ in range(self.n_levels_)]
         for level in range(self.n_levels_ - 1, -1, -1):
-            g_x, *g_params = ops.mera_block_backward(tapes[level], g)
-            grads[4 * level:4 * level + 4] = g_params
+            backward = (ops.mera_end_backward if self._names(level) == _END_PARAMS
+                        else ops.mera_block_backward)
+            g_x, *per_level[level] = backward(tapes[level], g)
             tapes[level] = None
             if level:
                 g = site_norm_backward(norms[level - 1], g_x)
+        grads = [g_p for level_grads in per_level for g_p in level_grads]
         return scores, log_scale, loss, grads
 
     # ------------------------------------------------------------------------ public
@@ -264,7 +287,7 @@ class MERA2D(Estimator):
     # ------------------------------------------------------------------- checkpoints
     def _state_arrays(self) -> Dict[str, np.ndarray]:
         return {f"{name}{level}": prm[name] for level, prm in enumerate(self.params_)
-                for name in _PARAMS}
+                for name in self._names(level)}
 
     def _state_meta(self) -> Dict[str, Any]:
         return {"image_shape": list(self.image_shape_), "history": self.history_}
@@ -274,15 +297,12 @@ class MERA2D(Estimator):
         self._setup(tuple(meta["image_shape"]))
         self.params_ = []
         for level in range(self.n_levels_):
-            p, b, chi, d_out = self._dims(level)
-            expected = {"u1": (p,) * 4 + (b,) * 4, "w": (4, p, p, p, b, chi),
-                        "u2": (chi,) * 8, "top": (chi,) * 4 + (d_out,)}
             prm = {}
-            for name in _PARAMS:
+            for name, (shape, _) in self._shapes(level).items():
                 a = arrays[f"{name}{level}"]
-                if a.shape != expected[name]:
+                if a.shape != shape:
                     raise ValueError(f"checkpoint: {name}{level} has shape {a.shape}, "
-                                     f"expected {expected[name]}")
+                                     f"expected {shape}")
                 prm[name] = a
             self.params_.append(prm)
         self.history_ = meta.get("history", [])

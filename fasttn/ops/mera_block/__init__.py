@@ -14,8 +14,10 @@ import numpy as np
 from ..._validate import check_float_array
 from ...backend import array_module
 from . import cpu, reference
+from .end import mera_end_backward, mera_end_forward
 
-__all__ = ["mera_block", "mera_block_forward", "mera_block_backward"]
+__all__ = ["mera_block", "mera_block_forward", "mera_block_backward", "mera_end_forward",
+           "mera_end_backward"]
 
 
 def _impl(x: Any):

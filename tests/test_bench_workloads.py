@@ -64,5 +64,16 @@ def test_mera_workloads_run():
         out = mera_block_torch(torch.from_numpy(f.x), *(torch.from_numpy(w) for w in f.weights))
         ref = __import__("fasttn").ops.mera_block(f.x, *f.weights)
         np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-6 * np.abs(ref).max())
+    f2 = W.Mera2DTrain(64, batch=2)
+    f2.train_step()
+    assert np.isfinite(f2.last_loss)
+    if importlib.util.find_spec("torch") is not None:
+        t2 = W.TorchMera2DTrain(f2)
+        # the PyTorch model is the same network: same scores before either trains further
+        scores = f2.model._forward_backward(f2.X, None)[0]
+        np.testing.assert_allclose(t2.net(t2.x).detach().numpy(), scores, rtol=1e-3,
+                                   atol=1e-4 * np.abs(scores).max())
+        t2.train_step()
+        assert np.isfinite(t2.last_loss)
     ns = W.mera2d_step_ns_per_pixel(sizes=(16, 64), batch_pixels=4096)
     assert set(ns) == {16, 64} and all(v > 0 for v in ns.values())

@@ -52,3 +52,30 @@ class Mera2DScaling:
     def track_ns_per_pixel_1024(self):
         return self.ns[1024]
     track_ns_per_pixel_1024.unit = "ns"
+
+
+class Mera2DTrainStep:
+    """A whole MERA2D training step (features, forward, cross-entropy, backward, AdamW) on
+    NeedleMNIST, fasttn and the PyTorch model of ``baselines/torch_mera.py`` in turns."""
+    params = [128, 512]
+    param_names = ["size"]
+    timeout = 900
+
+    def setup(self, size):
+        self.f = W.Mera2DTrain(size)
+        self.f.train_step()
+
+    def time_train_step(self, size):
+        self.f.train_step()
+
+    def track_train_images_per_s(self, size):
+        return self.f.batch / W.best_time(self.f.train_step)
+    track_train_images_per_s.unit = "images/s"
+
+    def track_train_speedup_over_torch(self, size):
+        try:
+            t = W.TorchMera2DTrain(self.f)
+        except ImportError:
+            raise NotImplementedError("PyTorch is not installed")
+        return W.best_time(t.train_step) / W.best_time(self.f.train_step)
+    track_train_speedup_over_torch.unit = "x"

@@ -13,6 +13,7 @@ import numpy as np
 
 import fasttn
 import fasttn.data
+import fasttn.train
 from fasttn import ops
 
 _BENCH_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,6 +70,54 @@ class TorchMeraLevel:
         self.fn(self.x, *self.weights).sum().backward()
 
 
+class Mera2DTrain:
+    """One MERA2D training step (features, forward, cross-entropy, backward, AdamW) on a
+    batch of NeedleMNIST images, in fasttn and in PyTorch (same tensors and layout)."""
+
+    def __init__(self, size: int, batch: Optional[int] = None, chi: int = CHI):
+        batch = batch or BATCH.get(size, 2)
+        X, y = fasttn.data.needle_mnist(size=size, count=batch, split="train", seed=0).arrays(batch)
+        self.X, self.y = X, y.astype(np.int64)
+        m = fasttn.MERA2D(n_classes=2, chi=chi, random_state=0)
+        m._check_config()
+        m._setup(X.shape[1:])
+        m._init_params(np.random.default_rng(0))
+        self.model = m
+        self.opt = fasttn.train.AdamW(m._param_list(), lr=m.lr)
+        self.size, self.batch = size, batch
+
+    def train_step(self) -> None:
+        _, _, loss, grads = self.model._forward_backward(self.X, self.y)
+        self.opt.step(grads)
+        self.last_loss = loss
+
+
+class TorchMera2DTrain:
+    def __init__(self, ref: Mera2DTrain):
+        import torch
+
+        sys.path.insert(0, _BENCH_DIR)
+        try:
+            from baselines.torch_mera import TorchMERA2D
+        finally:
+            sys.path.remove(_BENCH_DIR)
+        torch.set_num_threads(os.cpu_count() or 1)
+        m = ref.model
+        self.torch = torch
+        self.net = TorchMERA2D(m)
+        self.x = torch.from_numpy(np.ascontiguousarray(
+            ops.feature_map(ref.X, m.feature_map, m._n_features(), m.constant)))
+        self.y = torch.from_numpy(ref.y)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=m.lr, weight_decay=0.0)
+
+    def train_step(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.torch.nn.functional.cross_entropy(self.net(self.x), self.y)
+        loss.backward()
+        self.opt.step()
+        self.last_loss = float(loss.detach())
+
+
 def best_time(fn: Callable[[], object], runs: int = 3) -> float:
     fn()
     times = []
@@ -115,7 +164,27 @@ def table(sizes: List[int] = (128, 512), with_torch: bool = True) -> List[Dict]:
     return rows
 
 
+def train_table(sizes: List[int] = (128, 512), with_torch: bool = True) -> List[Dict]:
+    """Training images/s of MERA2D, fasttn and PyTorch, same batch, same process."""
+    rows = []
+    for size in sizes:
+        f = Mera2DTrain(size)
+        row = {"size": size, "batch": f.batch, "fasttn_img_s": f.batch / best_time(f.train_step)}
+        if with_torch:
+            try:
+                t = TorchMera2DTrain(f)
+            except ImportError:
+                t = None
+            if t is not None:
+                row["torch_img_s"] = f.batch / best_time(t.train_step)
+                row["speedup"] = row["fasttn_img_s"] / row["torch_img_s"]
+        rows.append(row)
+    return rows
+
+
 if __name__ == "__main__":
     for row in table():
+        print(row)
+    for row in train_table():
         print(row)
     print({k: round(v) for k, v in mera2d_step_ns_per_pixel().items()}, "ns/pixel")

@@ -50,17 +50,23 @@ class MeraLevel:
         ops.mera_block_backward(saved, self.g)
 
 
+def _torch_baseline():
+    """``(torch, baselines.torch_mera)``, torch on every core (ImportError without torch)."""
+    import torch
+
+    sys.path.insert(0, _BENCH_DIR)
+    try:
+        from baselines import torch_mera
+    finally:
+        sys.path.remove(_BENCH_DIR)
+    torch.set_num_threads(os.cpu_count() or 1)
+    return torch, torch_mera
+
+
 class TorchMeraLevel:
     def __init__(self, ref: MeraLevel):
-        import torch
-
-        sys.path.insert(0, _BENCH_DIR)
-        try:
-            from baselines.torch_mera import mera_block_torch
-        finally:
-            sys.path.remove(_BENCH_DIR)
-        torch.set_num_threads(os.cpu_count() or 1)
-        self.fn = mera_block_torch
+        torch, baseline = _torch_baseline()
+        self.fn = baseline.mera_block_torch
         self.x = torch.from_numpy(np.ascontiguousarray(ref.x)).requires_grad_(True)
         self.weights = [torch.from_numpy(w.copy()).requires_grad_(True) for w in ref.weights]
 
@@ -94,17 +100,10 @@ class Mera2DTrain:
 
 class TorchMera2DTrain:
     def __init__(self, ref: Mera2DTrain):
-        import torch
-
-        sys.path.insert(0, _BENCH_DIR)
-        try:
-            from baselines.torch_mera import TorchMERA2D
-        finally:
-            sys.path.remove(_BENCH_DIR)
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch, baseline = _torch_baseline()
         m = ref.model
         self.torch = torch
-        self.net = TorchMERA2D(m)
+        self.net = baseline.TorchMERA2D(m)
         self.x = torch.from_numpy(np.ascontiguousarray(
             ops.feature_map(ref.X, m.feature_map, m._n_features(), m.constant)))
         self.y = torch.from_numpy(ref.y)

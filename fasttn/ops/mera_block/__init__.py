@@ -34,11 +34,7 @@ def _check(x, u1, w, u2, top):
     if h % 4 or wd % 4 or h == 0 or wd == 0:
         raise ValueError(f"x: expected a grid whose height and width are positive multiples of "
                          f"4 (4x4 blocks), got {h}x{wd}")
-    check_float_array("u1", u1, ndim=8, dtype=x.dtype)
-    b = u1.shape[-1]
-    if u1.shape != (p,) * 4 + (b,) * 4:
-        raise ValueError(f"u1: expected shape {(p,) * 4 + ('b',) * 4} (site dimension p={p} "
-                         f"from x), got {tuple(u1.shape)}")
+    b = reference.check_disentangler("u1", u1, p, x.dtype)
     check_float_array("w", w, ndim=6, dtype=x.dtype)
     chi = w.shape[-1]
     if w.shape != (4, p, p, p, b, chi):

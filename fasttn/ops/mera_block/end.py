@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..._validate import check_float_array
+from .reference import check_disentangler
 from ...backend import array_module
 
 
@@ -17,11 +18,7 @@ def _check(x, u, top):
     n, h, w, p = x.shape
     if (h, w) != (2, 2):
         raise ValueError(f"x: expected a 2x2 grid of sites, got {h}x{w}")
-    check_float_array("u", u, ndim=8, dtype=x.dtype)
-    b = u.shape[-1]
-    if u.shape != (p,) * 4 + (b,) * 4:
-        raise ValueError(f"u: expected shape {(p,) * 4 + ('b',) * 4} (p={p} from x), got "
-                         f"{tuple(u.shape)}")
+    b = check_disentangler("u", u, p, x.dtype)
     check_float_array("top", top, ndim=5, dtype=x.dtype)
     if top.shape[:4] != (b,) * 4:
         raise ValueError(f"top: expected shape {(b,) * 4 + ('d_out',)} (b from u), got "

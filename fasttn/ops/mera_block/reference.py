@@ -20,7 +20,7 @@ Tensors (weights shared by every block):
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 import numpy as np
 
@@ -30,6 +30,18 @@ ISOMETRIES = ("abeQA", "cdhRB", "imnSC", "lopTD")
 U2 = "ABCDEFGH"
 TOP = "EFGHZ"
 BATCH = "qrs"  # image, block row, block column
+
+
+def check_disentangler(name: str, u: Any, p: int, dtype: Any) -> int:
+    """A disentangler ``(p, p, p, p, b, b, b, b)`` of the input's dtype; returns ``b``."""
+    from ..._validate import check_float_array
+
+    check_float_array(name, u, ndim=8, dtype=dtype)
+    b = u.shape[-1]
+    if u.shape != (p,) * 4 + (b,) * 4:
+        raise ValueError(f"{name}: expected shape {(p,) * 4 + ('b',) * 4} (site dimension "
+                         f"p={p} from x), got {tuple(u.shape)}")
+    return b
 
 
 def block_sites(x: np.ndarray) -> List[np.ndarray]:

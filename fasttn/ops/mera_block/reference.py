@@ -24,6 +24,8 @@ from typing import Any, List, Tuple
 
 import numpy as np
 
+from ..._validate import check_float_array
+
 SITES = "abcdefghijklmnop"
 U1 = "fgjkQRST"
 ISOMETRIES = ("abeQA", "cdhRB", "imnSC", "lopTD")
@@ -34,8 +36,6 @@ BATCH = "qrs"  # image, block row, block column
 
 def check_disentangler(name: str, u: Any, p: int, dtype: Any) -> int:
     """A disentangler ``(p, p, p, p, b, b, b, b)`` of the input's dtype; returns ``b``."""
-    from ..._validate import check_float_array
-
     check_float_array(name, u, ndim=8, dtype=dtype)
     b = u.shape[-1]
     if u.shape != (p,) * 4 + (b,) * 4:

@@ -57,6 +57,103 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     q.set_defaults(func=_train_qcnn)
     _add_train_mera(models)
+    _add_train_tnn(models)
+
+
+def _add_train_tnn(models: argparse._SubParsersAction) -> None:
+    q = models.add_parser("tnn", help="MPO tensor network (TNLayer) on the paper's small tasks",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--task", default="spiral", choices=list(_TNN_TASKS))
+    q.add_argument("--solver", default="sweep", choices=["sweep", "adam"])
+    q.add_argument("--schedule", default="pal", choices=["pal", "lbl"])
+    q.add_argument("--bond", default="4",
+                   help="bond dimension D; a comma-separated list trains one model per D")
+    q.add_argument("--sweeps", type=int, default=300, help="sweeps (or Adam epochs)")
+    q.add_argument("--sweep-lr", type=float, default=None,
+                   help="bond-tensor step (default: the task's, see --sweep-step)")
+    q.add_argument("--sweep-step", default=None, choices=["plain", "scaled"],
+                   help="default: scaled (step 4) for the spiral, plain (0.1) otherwise")
+    q.add_argument("--lr", type=float, default=0.02, help="Adam step of the dense layers")
+    q.add_argument("--cutoff", type=float, default=0.0)
+    q.add_argument("--init", default=None, choices=["product", "random"],
+                   help="MPO initialisation (default: random for the sine, product otherwise)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--plot", default=None, help="PNG of loss and entropy against sweeps")
+    q.add_argument("--out", default=None, help="save the (last) trained model here (.npz)")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=_train_tnn)
+
+
+# task -> (generator, n_train, n_test, hidden activations, output layer, sweep step)
+_TNN_TASKS = {
+    "blobs": ("gaussian_blobs", 500, 100, ("relu",), (2, "softmax"), ("plain", 0.1)),
+    "spiral": ("spiral", 600, 600, ("relu",), (3, "softmax"), ("scaled", 4.0)),
+    "line": ("noisy_line", 400, 100, ("linear",), (1, None), ("plain", 0.1)),
+    "sine": ("noisy_sine", 400, 100, ("linear", "sigmoid", "sigmoid"), (1, None),
+             ("plain", 0.1)),
+}
+
+
+def _train_tnn(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from fasttn.data import toy
+    from fasttn.models.tnn import TNN
+    from fasttn.models.tnn_layers import Dense, TNLayer
+
+    gen, n_tr, n_te, hidden, (units, head), (step, step_lr) = _TNN_TASKS[args.task]
+    step = args.sweep_step or step
+    step_lr = args.sweep_lr if args.sweep_lr is not None else (
+        step_lr if args.sweep_step in (None, step) else {"plain": 0.1, "scaled": 4.0}[step])
+    X, y = getattr(toy, gen)(n_tr + n_te, seed=args.seed)
+    X_tr, y_tr, X_te, y_te = X[:n_tr], y[:n_tr], X[n_tr:], y[n_tr:]
+    try:
+        bonds = [int(b) for b in str(args.bond).split(",")]
+    except ValueError:
+        raise ValueError(f"--bond: expected an integer or a comma-separated list, got "
+                         f"{args.bond!r}") from None
+    init = args.init or ("random" if args.task == "sine" else "product")
+    histories = {}
+    for bond in bonds:
+        layers = ([Dense(64, trainable=False)]
+                  + [TNLayer(64, n_sites=6, bond_dim=bond, activation=a, init=init)
+                     for a in hidden]
+                  + [Dense(units, activation=head)])
+        model = TNN(layers, solver=args.solver, schedule=args.schedule, lr=args.lr,
+                    sweep_lr=step_lr, sweep_step=step, cutoff=args.cutoff,
+                    epochs=args.sweeps, random_state=args.seed, verbose=0 if args.quiet else 1)
+        t0 = time.perf_counter()
+        model.fit(X_tr, y_tr)
+        seconds = time.perf_counter() - t0
+        line = f"{args.task} D={bond}: train time {seconds:.1f} s"
+        if model.task_ == "classification":
+            line += (f"  train accuracy {model.score(X_tr, y_tr):.4f}  test accuracy "
+                     f"{model.score(X_te, y_te):.4f}")
+        else:
+            mse = float(np.mean((model.predict(X_te) - y_te) ** 2))
+            line += f"  test MSE {mse:.4g}  R^2 {model.score(X_te, y_te):.4f}"
+            if args.task == "line":
+                p = model.predict(np.array([[0.0], [1.0]]))
+                line += f"  a {p[1] - p[0]:.4f}  b {p[0]:.4f}"
+        if args.solver == "sweep":
+            line += f"  max bond entropy {model.history_[-1]['entropy_max']:.3f}"
+        line += "  Schmidt entropies of W " + " ".join(
+            f"{e:.3f}" for e in model.bond_entropies()[0])
+        print(line)
+        histories[f"D={bond}"] = model.history_
+    if args.plot:
+        if args.solver != "sweep":
+            raise ValueError("--plot: the entropy curves come from the sweep solver")
+        from fasttn.analysis.plots import save_sweep_curves
+
+        save_sweep_curves(histories, args.plot, title=f"TNN on {args.task}")
+        print(f"wrote {args.plot}")
+    if args.out:
+        model.save(args.out)
+        print(f"saved {args.out}")
+    return 0
 
 
 def _add_train_mera(models: argparse._SubParsersAction) -> None:

@@ -133,3 +133,41 @@ def save_sample_grid(images: np.ndarray, labels: Sequence[int] | np.ndarray,
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     return path
+
+
+def save_sweep_curves(histories: Mapping[str, Sequence[Mapping]], path: str | os.PathLike, *,
+                      title: str | None = None, dpi: int = 100) -> Path:
+    """Loss and bond entanglement entropy against sweeps, one curve per run (e.g. per bond
+    dimension D), as the MPO-network paper's Figs. 12 and 14.
+
+    Parameters
+    ----------
+    histories : mapping of a label to a TNN ``history_`` from the sweep solver
+    path : the ``.png`` file to write (atomically)
+    """
+    Figure, FigureCanvasAgg, _ = _require_matplotlib()
+    fig = Figure(figsize=(10, 3.8))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_ent = fig.subplots(1, 2)
+    for label, hist in histories.items():
+        if not hist or "entropy" not in hist[0]:
+            raise ValueError(f"histories[{label!r}]: expected the history of a sweep-trained "
+                             "TNN (records with 'entropy')")
+        sweeps = [r["epoch"] for r in hist]
+        ax_loss.plot(sweeps, [r["loss"] for r in hist], label=label)
+        # the entropy of the middle bond of the first TNLayer, as the paper plots one S
+        mid = [r["entropy"][0][len(r["entropy"][0]) // 2] for r in hist]
+        ax_ent.plot(sweeps, mid, label=label)
+    ax_loss.set_xlabel("sweep")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.set_yscale("log")
+    ax_ent.set_xlabel("sweep")
+    ax_ent.set_ylabel("entanglement entropy S (middle bond)")
+    ax_loss.legend()
+    ax_ent.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return Path(path)

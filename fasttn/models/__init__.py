@@ -2,5 +2,7 @@
 from .base import Estimator, load
 from .mera2d import MERA2D
 from .qcnn import QCNN
+from .tnn import TNN
+from .tnn_layers import Dense, TNLayer
 
-__all__ = ["Estimator", "MERA2D", "QCNN", "load"]
+__all__ = ["Dense", "Estimator", "MERA2D", "QCNN", "TNLayer", "TNN", "load"]

@@ -8,7 +8,7 @@ import numpy as np
 from .._numba import njit
 
 
-@njit(fastmath=True)
+@njit(error_model="numpy")  # no fastmath: an overflowing moment must stay inf, not UB
 def _adamw_update(p, g, m, v, lr, weight_decay, b1, b2, c1, c2, eps):
     """One AdamW step on flat arrays in one pass (float64 moments, ``p`` in its own dtype)."""
     for i in range(p.size):
@@ -51,6 +51,9 @@ class AdamW:
             g = np.asarray(g)
             if g.shape != p.shape:
                 raise ValueError(f"grads: expected shape {p.shape}, got {g.shape}")
+            if not np.all(np.isfinite(g)):
+                raise FloatingPointError("grads: a gradient holds NaN or Inf; the training "
+                                         "diverged (lower the learning rate)")
             if isinstance(p, np.ndarray) and p.flags.c_contiguous:
                 _adamw_update(p.reshape(-1), np.ascontiguousarray(g).reshape(-1),
                               m.reshape(-1), v.reshape(-1), self.lr, self.weight_decay,

@@ -1,0 +1,523 @@
+"""TNN: a sequential network of ``Dense`` and MPO ``TNLayer`` layers (Jahromi & Orus).
+
+Trained either by backpropagation with Adam over every parameter (``solver="adam"``) or by
+the DMRG-like sweep of the paper (``solver="sweep"``): the MPO cores are updated in pairs
+(bond tensor, gradient step, truncated SVD back to bond dimension ``bond_dim``), the dense
+layers and biases by gradient steps, either all layers at each bond update (``"pal"``) or
+one layer after the other (``"lbl"``). Classification (cross-entropy on a softmax or
+sigmoid output) and regression (mean squared error) share one estimator.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .._validate import check_choice, check_dtype, check_finite, check_float_array, check_positive_int
+from ..ops.svd_truncate import svd_truncate
+from ..train import AdamW
+from ..train.loop import fit_loop
+from ..train.sweeps import MPOSweep, run_sweep
+from .base import Estimator, register
+from .tnn_layers import Dense, Layer, TNLayer, activation_forward, layer_from_config
+
+LOSSES = ("auto", "cross_entropy", "mse")
+SOLVERS = ("adam", "sweep")
+SCHEDULES = ("pal", "lbl")
+
+
+def _as_layers(layers: Sequence[Any]) -> List[Layer]:
+    if isinstance(layers, (Layer, dict)) or not hasattr(layers, "__iter__"):
+        raise TypeError(f"layers: expected a list of Dense/TNLayer layers, got "
+                        f"{type(layers).__name__}")
+    out = [layer_from_config(l) if isinstance(l, dict) else l for l in layers]
+    for k, layer in enumerate(out):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"layers[{k}]: expected a Dense or TNLayer, got {type(layer).__name__}")
+    if not out:
+        raise ValueError("layers: expected at least one layer, got none")
+    return out
+
+
+@register
+class TNN(Estimator):
+    """Sequential tensor neural network of ``Dense`` and ``TNLayer`` layers.
+
+    Parameters
+    ----------
+    layers : list of Dense / TNLayer (or their config dicts)
+        Applied in order to feature vectors; the last layer's activation and size fix the
+        task: softmax (or a single sigmoid unit) for classification, anything else for
+        regression.
+    loss : {"auto", "cross_entropy", "mse"}
+        ``auto``: cross-entropy after a softmax or sigmoid output, else mean squared error.
+    solver : {"adam", "sweep"}
+        ``adam``: backpropagation over every parameter. ``sweep``: DMRG-like sweeps on the
+        MPO cores (plain gradient steps of size ``sweep_lr`` on bond tensors, truncated
+        SVD to the layer's ``bond_dim`` and ``cutoff``), Adam on the other parameters.
+    schedule : {"pal", "lbl"}
+        For sweeps: all layers at every bond update (PaL) or layer by layer (LbL).
+    lr : float
+        Adam learning rate.
+    sweep_lr : float
+        Step size on the bond tensors.
+    sweep_step : {"plain", "scaled"}
+        ``plain``: ``B <- B - sweep_lr dL/dB`` (the paper's step). ``scaled``: the step is
+        divided by the squared norms of the bond's environments, so that it moves ``W`` no
+        further than a gradient step of the same size on ``W`` would; stable for any bond
+        dimension and weight scale.
+    cutoff : float
+        Relative singular-value cutoff of the sweeps' SVDs (0 keeps ``bond_dim``).
+    epochs : int
+        Passes over the data (Adam) or sweeps (sweep solver).
+    batch_size : int, optional
+        Mini-batch size; None uses the whole training set per step (the paper's setting).
+    dtype : float32 or float64
+    random_state : int, optional
+    verbose : int
+    """
+
+    _FITTED_ATTR = "n_features_in_"
+
+    def __init__(self, layers: Sequence[Any] = (), loss: str = "auto", solver: str = "adam",
+                 schedule: str = "pal", lr: float = 0.01, sweep_lr: float = 0.1,
+                 sweep_step: str = "plain",
+                 cutoff: float = 0.0, epochs: int = 100, batch_size: Optional[int] = None,
+                 dtype: Any = "float64", random_state: Optional[int] = None, verbose: int = 0):
+        self.layers = [l.get_config() if isinstance(l, Layer) else dict(l) for l in
+                       _as_layers(layers)] if len(layers) else []
+        self.loss = loss
+        self.solver = solver
+        self.schedule = schedule
+        self.lr = lr
+        self.sweep_lr = sweep_lr
+        self.sweep_step = sweep_step
+        self.cutoff = cutoff
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- configuration ------------------------------------------------------------------
+    def _check_config(self) -> None:
+        if not self.layers:
+            raise ValueError("layers: expected at least one layer, got none")
+        check_choice("loss", self.loss, LOSSES)
+        check_choice("solver", self.solver, SOLVERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("sweep_step", self.sweep_step, ("plain", "scaled"))
+        check_dtype("dtype", self.dtype)
+        check_positive_int("epochs", self.epochs)
+        if self.batch_size is not None:
+            check_positive_int("batch_size", self.batch_size)
+        for name in ("lr", "sweep_lr"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
+                raise ValueError(f"{name}: expected a positive finite number, got {v!r}")
+        if not (isinstance(self.cutoff, (int, float)) and 0 <= self.cutoff < 1):
+            raise ValueError(f"cutoff: expected a number in [0, 1), got {self.cutoff!r}")
+
+    def _task(self) -> str:
+        last = self.layers[-1]
+        if self.loss == "mse":
+            return "regression"
+        if self.loss == "cross_entropy" or last["activation"] in ("softmax", "sigmoid"):
+            if last["activation"] == "sigmoid" and last["units"] != 1:
+                raise ValueError("layers: a sigmoid output for cross-entropy has 1 unit (two "
+                                 f"classes), got {last['units']}; use softmax for more")
+            if last["activation"] not in ("softmax", "sigmoid"):
+                raise ValueError("loss: cross_entropy needs a softmax or sigmoid output layer, "
+                                 f"got activation {last['activation']!r}")
+            return "classification"
+        return "regression"
+
+    def _build(self, n_in: int, rng: np.random.Generator) -> None:
+        dtype = np.dtype(self.dtype)
+        self.layers_ = _as_layers(self.layers)
+        for layer in self.layers_:
+            layer.build(n_in, rng, dtype)
+            n_in = layer.units
+        self.n_features_in_ = None  # set by fit once built
+
+    # -- forward / backward -------------------------------------------------------------
+    def _forward(self, X: np.ndarray, ws: Optional[Sequence[np.ndarray]] = None,
+                 logits: bool = True):
+        """Run the layers; with ``logits`` the last classification activation is left to the
+        loss. ``ws`` (sweeps) gives each TNLayer's current ``W``."""
+        saved = []
+        h = X
+        tn = 0
+        classify = self.task_ == "classification"
+        for j, layer in enumerate(self.layers_):
+            skip = logits and classify and j == len(self.layers_) - 1
+            if isinstance(layer, TNLayer):
+                w = None if ws is None else ws[tn]
+                tn += 1
+                h, s = layer.forward(h, skip_activation=skip, w=w)
+            else:
+                h, s = layer.forward(h, skip_activation=skip)
+            saved.append(s)
+        return h, saved
+
+    def _loss(self, out: np.ndarray, y: np.ndarray) -> Tuple[float, np.ndarray]:
+        n = out.shape[0]
+        if self.task_ == "regression":
+            diff = out.astype(np.float64) - y.reshape(n, -1)
+            return float(np.mean(diff * diff)), (2.0 / diff.size) * diff
+        z = out.astype(np.float64)
+        if z.shape[1] == 1:  # sigmoid unit: binary cross-entropy on the logit
+            t = y.astype(np.float64)[:, None]
+            loss = np.mean(np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z))))
+            p = activation_forward("sigmoid", z)
+            return float(loss), (p - t) / n
+        z = z - z.max(axis=1, keepdims=True)
+        log_z = np.log(np.sum(np.exp(z), axis=1))
+        loss = float(np.mean(log_z - z[np.arange(n), y]))
+        p = np.exp(z - log_z[:, None])
+        p[np.arange(n), y] -= 1.0
+        return loss, p / n
+
+    def _backward(self, saved, g: np.ndarray) -> List[List[np.ndarray]]:
+        grads: List[List[np.ndarray]] = [None] * len(self.layers_)  # type: ignore[list-item]
+        g = g.astype(np.dtype(self.dtype))
+        for j in range(len(self.layers_) - 1, -1, -1):
+            g, grads[j] = self.layers_[j].backward(saved[j], g, need_g_x=j > 0)
+        return grads
+
+    def _targets(self, y: np.ndarray) -> np.ndarray:
+        return y  # class indices, or float targets for regression
+
+    # -- fitting ------------------------------------------------------------------------
+    def fit(self, X: Any, y: Any, *, epochs: Optional[int] = None,
+            warm_start: bool = False) -> "TNN":
+        """Train on feature vectors ``X (n, n_features)`` and labels or targets ``y``.
+
+        Returns ``self``; ``history_`` holds one record per epoch (Adam) or sweep, with the
+        loss, the training accuracy (classification) and, for sweeps, the bond entropies of
+        every TNLayer (``entropy``) and their maximum (``entropy_max``).
+        """
+        self._check_config()
+        epochs = check_positive_int("epochs", epochs if epochs is not None else self.epochs)
+        fitted = warm_start and getattr(self, "n_features_in_", None) is not None
+        X = self._check_X(X, fitted=fitted)
+        self.task_ = self._task()
+        y_t = self._check_y(y, X.shape[0])
+        rng = np.random.default_rng(self.random_state)
+        if not fitted:
+            self._build(X.shape[1], rng)
+            self.n_features_in_ = X.shape[1]
+            self.history_ = []
+        if self.solver == "adam":
+            self._fit_adam(X, y_t, epochs, rng)
+        else:
+            self._fit_sweeps(X, y_t, epochs, rng)
+        return self
+
+    def _check_X(self, X: Any, fitted: bool) -> np.ndarray:
+        X = check_float_array("X", X, ndim=2)
+        if X.shape[0] == 0:
+            raise ValueError("X: expected at least one sample, got 0")
+        check_finite("X", X)
+        if fitted and X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X: expected {self.n_features_in_} features (as in fit), got "
+                             f"{X.shape[1]}")
+        return np.ascontiguousarray(X, dtype=np.dtype(self.dtype))
+
+    def _check_y(self, y: Any, n: int) -> np.ndarray:
+        y = np.asarray(y)
+        if y.shape[0:1] != (n,):
+            raise ValueError(f"y: expected {n} targets (one per sample), got shape {y.shape}")
+        last = self.layers[-1]
+        if self.task_ == "regression":
+            if y.dtype.kind not in "fiu":
+                raise TypeError(f"y: expected numeric regression targets, got dtype {y.dtype}")
+            y = y.astype(np.float64)
+            check_finite("y", y)
+            width = 1 if y.ndim == 1 else int(np.prod(y.shape[1:]))
+            if width != last["units"]:
+                raise ValueError(f"y: expected {last['units']} target value(s) per sample (the "
+                                 f"last layer's units), got {width}")
+            return y
+        classes, idx = np.unique(y, return_inverse=True)
+        n_classes = 2 if last["units"] == 1 else last["units"]
+        if len(classes) > n_classes:
+            raise ValueError(f"y: the last layer has {last['units']} unit(s), room for "
+                             f"{n_classes} classes, got {len(classes)} distinct labels")
+        if not (hasattr(self, "classes_") and set(classes) <= set(self.classes_)):
+            self.classes_ = classes
+        return np.searchsorted(self.classes_, y).astype(np.int64)
+
+    def _params(self) -> List[np.ndarray]:
+        return [p for layer in self.layers_ if layer.trainable for p in layer.params()]
+
+    def _flat_grads(self, grads: List[List[np.ndarray]]) -> List[np.ndarray]:
+        return [g for layer, gs in zip(self.layers_, grads) if layer.trainable for g in gs]
+
+    def _n_correct(self, out: np.ndarray, y: np.ndarray) -> int:
+        if self.task_ != "classification":
+            return 0
+        pred = (out[:, 0] > 0).astype(np.int64) if out.shape[1] == 1 else out.argmax(axis=1)
+        return int(np.sum(pred == y))
+
+    def _fit_adam(self, X, y, epochs, rng) -> None:
+        opt = AdamW(self._params(), lr=self.lr, weight_decay=0.0)
+        batch = self.batch_size or X.shape[0]
+
+        def step(idx):
+            out, saved = self._forward(X[idx])
+            loss, g = self._loss(out, y[idx])
+            opt.step(self._flat_grads(self._backward(saved, g)))
+            return loss, self._n_correct(out, y[idx])
+
+        hist = fit_loop(step, X.shape[0], epochs=epochs, batch_size=batch, rng=rng,
+                        verbose=self.verbose, desc="fit tnn")
+        self._finish_history(hist)
+
+    def _finish_history(self, hist: List[Dict]) -> None:
+        if self.task_ != "classification":
+            for r in hist:
+                r.pop("accuracy", None)
+        start = len(self.history_)
+        for r in hist:
+            r["epoch"] += start
+        self.history_.extend(hist)
+
+    def _fit_sweeps(self, X, y, epochs, rng) -> None:
+        tn = [layer for layer in self.layers_ if isinstance(layer, TNLayer)]
+        if not tn:
+            raise ValueError("solver: 'sweep' needs at least one TNLayer in layers")
+        for layer in tn:
+            if layer.n_sites < 2:
+                raise ValueError("solver: 'sweep' needs TNLayers of at least 2 sites (one bond)")
+        mpos = [MPOSweep(layer.cores, layer.bond_dim, self.cutoff) for layer in tn]
+        others = [(layer, k) for layer in self.layers_ if layer.trainable
+                  for k, p in enumerate(layer.params())
+                  if not (isinstance(layer, TNLayer) and k < layer.n_sites)]
+        opt = AdamW([layer.params()[k] for layer, k in others], lr=self.lr, weight_decay=0.0)
+        n = X.shape[0]
+        batch = self.batch_size or n
+        state = {"order": rng.permutation(n), "pos": 0, "loss": [], "correct": 0, "seen": 0}
+
+        def next_batch():
+            if state["pos"] >= n:
+                state["order"], state["pos"] = rng.permutation(n), 0
+            idx = state["order"][state["pos"]:state["pos"] + batch]
+            state["pos"] += batch
+            return idx
+
+        def forward_backward(ws):
+            idx = next_batch() if batch < n else slice(None)
+            xb, yb = X[idx], y[idx]
+            out, saved = self._forward(xb, ws=ws)
+            loss, g = self._loss(out, yb)
+            if not (np.isfinite(loss) and np.all(np.isfinite(g))):
+                raise FloatingPointError(f"loss became {loss} during sweep "
+                                         f"{len(hist) + 1}; lower sweep_lr or lr")
+            grads = self._backward(saved, g)
+            state["correct"] += self._n_correct(out, yb)
+            state["seen"] += out.shape[0]
+            g_ws, g_others, t = [], [], 0
+            for layer, gs in zip(self.layers_, grads):
+                if isinstance(layer, TNLayer):
+                    g_ws.append(gs[0])
+            for layer, k in others:
+                gs = grads[self.layers_.index(layer)]
+                g_others.append(gs[1 + k - layer.n_sites] if isinstance(layer, TNLayer) else gs[k])
+            return loss, g_ws, g_others
+
+        def step_others(g_others):
+            if g_others:
+                opt.step(g_others)
+
+        hist: List[Dict] = []
+        bar = tqdm(range(epochs), desc="sweeps", disable=self.verbose <= 0, file=sys.stderr,
+                   unit="sweep")
+        for sweep in bar:
+            t0 = time.perf_counter()
+            state["correct"] = state["seen"] = 0
+            if self.schedule == "pal":
+                loss = run_sweep(mpos, [True] * len(mpos), forward_backward, self.sweep_lr,
+                                 step_others, scaled=self.sweep_step == "scaled")
+            else:
+                loss = self._lbl_sweep(mpos, forward_backward, step_others)
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} in sweep {sweep + 1}; lower "
+                                         "sweep_lr or lr")
+            for layer, m in zip(tn, mpos):
+                layer.cores = m.cores
+            rec = {"epoch": sweep + 1, "loss": loss, "seconds": time.perf_counter() - t0,
+                   "entropy": [m.entropy.tolist() for m in mpos],
+                   "entropy_max": float(max(m.entropy.max() for m in mpos))}
+            if self.task_ == "classification":
+                rec["accuracy"] = state["correct"] / max(state["seen"], 1)
+            hist.append(rec)
+            bar.set_postfix(loss=f"{loss:.4f}")
+        self._finish_history(hist)
+
+    def _lbl_sweep(self, mpos, forward_backward, step_others) -> float:
+        """Layer by layer: each TNLayer swept alone, then one gradient step of the others
+        per bond update of the last layer."""
+        losses = []
+        for j in range(len(mpos)):
+            active = [i == j for i in range(len(mpos))]
+            losses.append(run_sweep(mpos, active, forward_backward, self.sweep_lr, None,
+                                    scaled=self.sweep_step == "scaled"))
+            for m in mpos:
+                m.refresh()
+        for _ in range(len(mpos[-1].schedule)):
+            ws = [m.dense() for m in mpos]
+            loss, _, g_others = forward_backward(ws)
+            step_others(g_others)
+            losses.append(loss)
+        return float(np.mean(losses))
+
+    # -- prediction ---------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if getattr(self, "n_features_in_", None) is None:
+            raise ValueError("TNN is not fitted yet; call fit first")
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Network outputs before the final softmax/sigmoid (classification) or the
+        predictions (regression), ``(n, units)``."""
+        self._check_fitted()
+        X = self._check_X(X, fitted=True)
+        return self._forward(X)[0]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities ``(n, n_classes)``."""
+        self._check_fitted()
+        if self.task_ != "classification":
+            raise ValueError("predict_proba: this TNN is a regressor (its output is not a "
+                             "softmax or sigmoid)")
+        z = self.decision_function(X)
+        if z.shape[1] == 1:
+            p = activation_forward("sigmoid", z.astype(np.float64))
+            return np.hstack([1 - p, p])
+        return activation_forward("softmax", z.astype(np.float64))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Class labels (classification) or predicted values (regression)."""
+        self._check_fitted()
+        out = self.decision_function(X)
+        if self.task_ == "classification":
+            idx = (out[:, 0] > 0).astype(np.int64) if out.shape[1] == 1 else out.argmax(axis=1)
+            return self.classes_[idx]
+        return out[:, 0] if out.shape[1] == 1 else out
+
+    def score(self, X: Any, y: Any) -> float:
+        """Accuracy (classification) or the coefficient of determination R^2 (regression)."""
+        pred = self.predict(X)
+        y = np.asarray(y)
+        if y.shape[0] != pred.shape[0]:
+            raise ValueError(f"y: expected {pred.shape[0]} targets (one per sample), got shape "
+                             f"{y.shape}")
+        if self.task_ == "classification":
+            return float(np.mean(pred == y))
+        y = y.astype(np.float64).reshape(pred.shape)
+        ss_res = float(np.sum((y - pred) ** 2))
+        ss_tot = float(np.sum((y - y.mean(axis=0)) ** 2))
+        return 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
+
+    def compress(self, index: int, bond_dim: int, n_sites: int = 6,
+                 cutoff: float = 0.0) -> "TNN":
+        """A fitted copy with the trained ``Dense`` at ``layers[index]`` replaced by a
+        ``TNLayer`` holding its weight compressed to bond dimension ``bond_dim``.
+
+        The new layer's ``discarded_`` gives the weight dropped at each cut.
+        """
+        self._check_fitted()
+        if not (isinstance(index, (int, np.integer)) and -len(self.layers_) <= index
+                < len(self.layers_)):
+            raise ValueError(f"index: expected a layer position in [0, {len(self.layers_)}), "
+                             f"got {index!r}")
+        index = int(index) % len(self.layers_)
+        dense = self.layers_[index]
+        if not isinstance(dense, Dense):
+            raise ValueError(f"index: layers[{index}] is a {dense.kind}, not a Dense layer")
+        tn = TNLayer.from_dense(dense.w, bond_dim, n_sites, dense.b if dense.use_bias else None,
+                                dense.activation, cutoff=cutoff)
+        configs = list(self.layers)
+        configs[index] = tn.get_config()
+        new = TNN(configs, **{k: v for k, v in self.get_params().items() if k != "layers"})
+        new.task_ = self.task_
+        new.layers_ = [tn if j == index else copy.deepcopy(layer)
+                       for j, layer in enumerate(self.layers_)]
+        new.n_features_in_ = self.n_features_in_
+        new.history_ = list(self.history_)
+        if hasattr(self, "classes_"):
+            new.classes_ = self.classes_
+        return new
+
+    # -- diagnostics --------------------------------------------------------------------
+    def tn_layers(self) -> List[TNLayer]:
+        self._check_fitted()
+        return [layer for layer in self.layers_ if isinstance(layer, TNLayer)]
+
+    def bond_entropies(self) -> List[np.ndarray]:
+        """Entanglement entropy of each TNLayer's weight across each MPO bond.
+
+        The Schmidt spectrum of ``W`` (sites grouped as ``(in_k, out_k)`` pairs) at every
+        cut, from the singular values of its unfoldings; independent of the cores' gauge,
+        unlike the local bond-tensor spectra the sweep records.
+        """
+        out = []
+        for layer in self.tn_layers():
+            from ..ops.mpo import mpo_to_dense
+
+            w = mpo_to_dense(layer.cores).astype(np.float64)
+            n = layer.n_sites
+            t = w.reshape(*layer.in_dims_, *layer.out_dims_)
+            t = t.transpose([a for k in range(n) for a in (k, n + k)])
+            ent = []
+            for cut in range(1, n):
+                rows = int(np.prod([layer.in_dims_[k] * layer.out_dims_[k] for k in range(cut)]))
+                ent.append(float(svd_truncate(np.ascontiguousarray(t).reshape(rows, -1)).entropy))
+            out.append(np.asarray(ent))
+        return out
+
+    # -- checkpoints --------------------------------------------------------------------
+    def _state_arrays(self) -> Dict[str, np.ndarray]:
+        self._check_fitted()
+        arrays = {}
+        for j, layer in enumerate(self.layers_):
+            for name, p in zip(layer.param_names(), layer.params()):
+                arrays[f"layer{j}_{name}"] = p
+        return arrays
+
+    def _state_meta(self) -> Dict[str, Any]:
+        meta = {"n_features_in": self.n_features_in_, "task": self.task_,
+                "history": [{k: v for k, v in r.items()} for r in self.history_]}
+        if self.task_ == "classification":
+            meta["classes"] = self.classes_.tolist()
+        return meta
+
+    def _set_state(self, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> None:
+        self.task_ = meta["task"]
+        self.layers_ = _as_layers(self.layers)
+        n_in = meta["n_features_in"]
+        for j, layer in enumerate(self.layers_):
+            params = [arrays[f"layer{j}_{name}"] for name in
+                      _param_names(layer, arrays, j)]
+            layer.set_params(params)
+            want_in = params[0].shape[0] if isinstance(layer, Dense) else \
+                int(np.prod([c.shape[1] for c in params[:layer.n_sites]]))
+            if want_in != n_in:
+                raise ValueError(f"layers[{j}]: stored weights take {want_in} inputs, the layer "
+                                 f"before gives {n_in}")
+            n_in = layer.units
+        self.n_features_in_ = meta["n_features_in"]
+        self.history_ = meta.get("history", [])
+        if "classes" in meta:
+            self.classes_ = np.asarray(meta["classes"])
+
+
+def _param_names(layer: Layer, arrays: Dict[str, np.ndarray], j: int) -> List[str]:
+    if isinstance(layer, TNLayer):
+        names = [f"core{k}" for k in range(layer.n_sites)]
+        return names + (["b"] if layer.use_bias else [])
+    return ["w", "b"] if layer.use_bias else ["w"]

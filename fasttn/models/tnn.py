@@ -23,7 +23,8 @@ from ..train import AdamW
 from ..train.loop import fit_loop
 from ..train.sweeps import MPOSweep, run_sweep
 from .base import Estimator, register
-from .tnn_layers import Dense, Layer, TNLayer, activation_forward, layer_from_config
+from .tnn_layers import (Dense, Layer, TNLayer, activation_forward, fusable, fused_backward,
+                         fused_forward, layer_from_config)
 
 LOSSES = ("auto", "cross_entropy", "mse")
 SOLVERS = ("adam", "sweep")
@@ -41,6 +42,16 @@ def _as_layers(layers: Sequence[Any]) -> List[Layer]:
     if not out:
         raise ValueError("layers: expected at least one layer, got none")
     return out
+
+
+class _Fused:
+    """Saved state of a ``Dense(linear) -> TNLayer`` pair run as one contraction."""
+
+    __slots__ = ("saved", "tail_pending")
+
+    def __init__(self, saved):
+        self.saved = saved
+        self.tail_pending = True
 
 
 @register
@@ -153,8 +164,22 @@ class TNN(Estimator):
         h = X
         tn = 0
         classify = self.task_ == "classification"
+        last = len(self.layers_) - 1
         for j, layer in enumerate(self.layers_):
-            skip = logits and classify and j == len(self.layers_) - 1
+            skip = logits and classify and j == last
+            if saved and isinstance(saved[-1], _Fused) and saved[-1].tail_pending:
+                saved[-1].tail_pending = False  # this layer ran with the one before
+                saved.append(None)
+                continue
+            nxt = self.layers_[j + 1] if j < last else None
+            if nxt is not None and fusable(layer, nxt, h.shape[0]) and (
+                    ws is not None or nxt.route(h.shape[0]) == "dense"):
+                w = None if ws is None else ws[tn]
+                tn += 1
+                h, pair_saved = fused_forward(layer, nxt, h, w,
+                                              skip_activation=logits and classify and j + 1 == last)
+                saved.append(_Fused(pair_saved))
+                continue
             if isinstance(layer, TNLayer):
                 w = None if ws is None else ws[tn]
                 tn += 1
@@ -185,8 +210,16 @@ class TNN(Estimator):
     def _backward(self, saved, g: np.ndarray) -> List[List[np.ndarray]]:
         grads: List[List[np.ndarray]] = [None] * len(self.layers_)  # type: ignore[list-item]
         g = g.astype(np.dtype(self.dtype))
+        # no input gradient below the first trainable layer
+        first = next((j for j, l in enumerate(self.layers_) if l.trainable), len(self.layers_))
         for j in range(len(self.layers_) - 1, -1, -1):
-            g, grads[j] = self.layers_[j].backward(saved[j], g, need_g_x=j > 0)
+            if saved[j] is None:  # the tail of a fused pair: done with its head
+                continue
+            if isinstance(saved[j], _Fused):
+                g, grads[j], grads[j + 1] = fused_backward(
+                    self.layers_[j], self.layers_[j + 1], saved[j].saved, g, need_g_x=j > first)
+                continue
+            g, grads[j] = self.layers_[j].backward(saved[j], g, need_g_x=j > first)
         return grads
 
     def _targets(self, y: np.ndarray) -> np.ndarray:

@@ -322,3 +322,59 @@ def layer_from_config(config: Dict[str, Any]) -> Layer:
         raise ValueError(f"layers: expected a Dense or TNLayer (or its config dict with "
                          f"'type'), got type {kind!r}")
     return LAYER_TYPES[kind](**config)
+
+
+def fusable(dense: Layer, tn: Layer, batch: int) -> bool:
+    """Whether ``Dense(linear) -> TNLayer`` is cheaper as ``x @ (A @ W)`` than as
+    ``(x @ A) @ W``: true when the dense layer widens its input (the frozen size-matching
+    layer in front of a TNLayer takes a few features to many)."""
+    if not (isinstance(dense, Dense) and isinstance(tn, TNLayer)
+            and dense.activation == "linear"):
+        return False
+    n_in, m = dense.w.shape
+    o = tn.units
+    return n_in * m * o + batch * n_in * o < batch * n_in * m + batch * m * o
+
+
+def fused_forward(dense: Dense, tn: TNLayer, x: np.ndarray, w: np.ndarray | None,
+                  skip_activation: bool = False):
+    """``tn(dense(x))`` with the linear chain contracted first:
+    ``z = x @ (A @ W) + (a @ W + b)`` for ``dense: x -> x @ A + a``."""
+    if w is None:
+        from ..ops.mpo import mpo_to_dense_forward
+
+        w, dense_saved = mpo_to_dense_forward(tn.cores)
+    else:
+        dense_saved = None
+    aw = dense.w @ w
+    z = x @ aw
+    if dense.use_bias:
+        z += dense.b @ w
+    if tn.use_bias:
+        z += tn.b
+    y = z if skip_activation else activation_forward(tn.activation, z)
+    return y, (x, w, dense_saved, z, y, skip_activation)
+
+
+def fused_backward(dense: Dense, tn: TNLayer, saved, g_y: np.ndarray, need_g_x: bool = True):
+    """``(g_x, dense grads, tn grads)``; the TNLayer's are its cores' (or ``dL/dW`` first when
+    ``W`` was given)."""
+    x, w, dense_saved, z, y, skipped = saved
+    g_z = g_y if skipped else activation_backward(tn.activation, z, y, g_y)
+    xg = x.T @ g_z                       # (n_in, o): the batch is summed out once
+    sum_g = g_z.sum(axis=0)
+    g_w = dense.w.T @ xg                 # = h^T g_z with h = x A + a
+    if dense.use_bias:
+        g_w += np.outer(dense.b, sum_g)
+    tn_grads = [g_w] if dense_saved is None else None
+    if dense_saved is not None:
+        from ..ops.mpo import mpo_to_dense_backward
+
+        tn_grads = list(mpo_to_dense_backward(dense_saved, g_w))
+    if tn.use_bias:
+        tn_grads.append(sum_g)
+    dense_grads = [xg @ w.T]             # dL/dA = x^T g_z W^T
+    if dense.use_bias:
+        dense_grads.append(sum_g @ w.T)
+    g_x = (g_z @ (dense.w @ w).T) if need_g_x else None
+    return g_x, dense_grads, tn_grads

@@ -77,3 +77,24 @@ def test_mera_workloads_run():
         assert np.isfinite(t2.last_loss)
     ns = W.mera2d_step_ns_per_pixel(sizes=(16, 64), batch_pixels=4096)
     assert set(ns) == {16, 64} and all(v > 0 for v in ns.values())
+
+
+def test_tnn_sweep_workload_and_numpy_baseline_agree():
+    """The benchmark's two sweeps run the same algorithm: one sweep from the same weights
+    gives the same W (the SVD's sign choices cancel in W) and the same dense layer."""
+    import fasttn
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        W = _load("benchmarks.tnn_workloads", ROOT / "bench" / "benchmarks" / "tnn_workloads.py")
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    w = W.PalSweep(bond=4, n=120)
+    base = w.baseline()
+    w.step()
+    base.sweep(w.X, w.y)
+    tn, out = w.model.layers_[1], w.model.layers_[2]
+    got = fasttn.ops.mpo_to_dense(tn.cores)
+    assert np.abs(got - base.dense_weight()).max() < 1e-8 * np.abs(got).max()
+    assert np.abs(out.w - base.V).max() < 1e-8 * np.abs(out.w).max()
+    assert abs(w.model.history_[-1]["loss"] - w.model.history_[-2]["loss"]) > 0  # it trains

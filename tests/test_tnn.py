@@ -23,7 +23,7 @@ def _loss(model, X, y):
 @pytest.mark.parametrize("head,task", [("softmax", "cls"), ("sigmoid", "bin"), (None, "reg")])
 def test_backprop_matches_finite_differences(rng, head, task):
     layers = [Dense(12, activation="tanh"),
-              TNLayer(12, n_sites=2, bond_dim=3, activation="relu", method="dense",
+              TNLayer(12, n_sites=2, bond_dim=3, activation="tanh", method="dense",
                       init="random"),
               TNLayer(8, n_sites=3, bond_dim=2, activation="sigmoid", method="network",
                       init="random"),
@@ -46,6 +46,39 @@ def test_backprop_matches_finite_differences(rng, head, task):
             finally:
                 p[...] = keep
         check_gradient(f, p.copy(), g, rng, n_dirs=2)
+
+
+@pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh", "softmax", "linear"])
+def test_activation_backward(rng, name):
+    from fasttn.models.tnn_layers import activation_backward, activation_forward
+
+    z = rng.standard_normal((6, 5))
+    z[np.abs(z) < 0.05] += 0.1  # keep off the ReLU kink, where no derivative exists
+    g = rng.standard_normal(z.shape)
+    got = activation_backward(name, z, activation_forward(name, z), g)
+    check_gradient(lambda t: float(np.sum(g * activation_forward(name, t))), z, got, rng)
+
+
+def test_fused_dense_and_tnlayer_match_the_layers_one_by_one(rng):
+    """A linear Dense widening into a TNLayer runs as x @ (A @ W); same values and grads."""
+    X = rng.uniform(0, 1, (50, 2))
+    y = rng.integers(0, 3, 50)
+    layers = [Dense(16), TNLayer(16, 4, 3, "relu", init="random"), Dense(3, activation="softmax")]
+    m = TNN(layers, epochs=1, random_state=3).fit(X, y)
+    yt = m._check_y(y, 50)
+    out, saved = m._forward(X)
+    assert type(saved[0]).__name__ == "_Fused"
+    grads = m._backward(saved, m._loss(out, yt)[1])
+    h, s0 = m.layers_[0].forward(X)
+    z, s1 = m.layers_[1].forward(h)
+    o, s2 = m.layers_[2].forward(z, skip_activation=True)
+    assert rel_err(out, o) < 1e-12
+    g2 = m._loss(o, yt)[1]
+    g1, want2 = m.layers_[2].backward(s2, g2)
+    g0, want1 = m.layers_[1].backward(s1, g1)
+    _, want0 = m.layers_[0].backward(s0, g0)
+    for got, want in zip(grads[0] + grads[1] + grads[2], want0 + want1 + want2):
+        assert rel_err(got, want) < 1e-10
 
 
 def test_float32_model_follows_float64(rng):

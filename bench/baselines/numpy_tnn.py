@@ -3,7 +3,8 @@
 
 Same model and algorithm as ``fasttn.TNN(solver="sweep", schedule="pal")`` with one TNLayer
 between a frozen and a trainable Dense layer: environments are cached and updated like the
-library's (step (g) of the paper), the dense layer takes a plain gradient step per bond.
+library's (step (g) of the paper), the biases and the last dense layer take an Adam step per
+bond update, as ``TNN``'s PaL schedule does.
 """
 from __future__ import annotations
 
@@ -23,6 +24,17 @@ class NumpyTNNSweep:
         self.D = bond_dim
         self.lr, self.dense_lr = lr, dense_lr
         self.n = len(cores)
+        self.t = 0
+        self.moments = [(np.zeros_like(p), np.zeros_like(p)) for p in (self.b, self.V, self.c)]
+
+    def _adam(self, grads, b1=0.9, b2=0.999, eps=1e-8):
+        self.t += 1
+        for p, g, (m, v) in zip((self.b, self.V, self.c), grads, self.moments):
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * g * g
+            p -= self.dense_lr * (m / (1 - b1 ** self.t)) / (np.sqrt(v / (1 - b2 ** self.t)) + eps)
 
     # environments: L[k] = cores 0..k-1 as (I<, O<, D_k); R[k] = cores k..N-1 as (D_k, I>, O>)
     def _left(self, L, core):
@@ -75,6 +87,10 @@ class NumpyTNNSweep:
         gz = (gs @ self.V.T) * (z > 0)
         return loss, h.T @ gz, gz.sum(axis=0), gV, gc
 
+    def dense_weight(self):
+        L, R = self._envs()
+        return L[-1][:, :, 0]
+
     def sweep(self, X, y):
         L, R = self._envs()
         bonds = list(range(self.n - 1))
@@ -95,7 +111,5 @@ class NumpyTNNSweep:
                 L[k + 1] = self._left(L[k], self.cores[k])
             else:
                 R[k + 1] = self._right(self.cores[k + 1], R[k + 2])
-            self.b -= self.dense_lr * gb
-            self.V -= self.dense_lr * gV
-            self.c -= self.dense_lr * gc
+            self._adam((gb, gV, gc))
         return loss

@@ -213,6 +213,10 @@ class TNN(Estimator):
         # no input gradient below the first trainable layer
         first = next((j for j, l in enumerate(self.layers_) if l.trainable), len(self.layers_))
         for j in range(len(self.layers_) - 1, -1, -1):
+            if j < first and not isinstance(saved[j], _Fused):
+                # frozen layers below every trainable one: nothing to compute
+                grads[j] = []
+                continue
             if saved[j] is None:  # the tail of a fused pair: done with its head
                 continue
             if isinstance(saved[j], _Fused):

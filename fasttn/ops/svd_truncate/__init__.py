@@ -17,7 +17,7 @@ import numpy as np
 
 from ..._validate import check_choice, check_finite, check_float_array
 from ...backend import array_module
-from . import cpu, reference
+from . import cpu
 from .reference import ABSORB, SVDSaved, SVDTruncation
 
 __all__ = ["SVDTruncation", "svd_truncate", "svd_truncate_forward", "svd_truncate_backward"]
@@ -104,10 +104,24 @@ def svd_truncate_backward(saved: SVDSaved, g_left: Any = None, g_right: Any = No
     """Gradient with respect to ``a`` of a loss whose gradients with respect to the outputs
     are ``g_left``, ``g_right`` and ``g_s`` (each ``None`` for zero).
 
-    Exact for the truncated split while the singular values are distinct and the kept ones
-    non-zero. ``1/(s_j^2 - s_i^2)`` and ``1/s`` are broadened by ``1e-12`` times ``s_0^2`` and
-    ``s_0``, so (near-)degenerate pairs give a bounded contribution (zero at an exact
-    degeneracy) instead of a division by zero.
+    The standard real thin-SVD backward on the full thin SVD, the gradients of the kept
+    values and vectors coming through the absorption (padding and discarded values get
+    none). Exact while the singular values are distinct and the kept ones non-zero. Guard:
+    ``1/(s_j^2 - s_i^2)`` is applied as ``1/(s_j - s_i)`` and ``1/(s_j + s_i)`` and, like
+    ``1/s``, each ``1/x`` is broadened to ``x / (x^2 + eps^2)`` with ``eps = 1e-12 s_0``: no
+    change for ``|x| >> eps``, bounded near 0, and 0 for an exactly degenerate pair (whose
+    gradient is then finite but no longer exact, even for a loss that does not depend on
+    the basis inside the pair).
+
+    Parameters
+    ----------
+    saved : SVDSaved
+        From :func:`svd_truncate_forward`.
+    g_left : (..., m, k) or None
+    g_right : (..., k, n) or None
+    g_s : (..., k) or None
+        Gradients of the loss with respect to ``left``, ``right`` and ``s`` (any float dtype);
+        the entries in the zero padding are ignored.
 
     Returns
     -------

@@ -24,7 +24,8 @@ import numpy as np
 
 ABSORB = ("both", "left", "right")
 
-# Lorentzian broadening of 1/(s_j^2 - s_i^2) and 1/s in the backward, relative to s_0.
+# Backward guard: 1/x -> x / (x^2 + eps^2) for x = s_j - s_i, s_j + s_i, s (eps = BROADENING * s_0)
+# and x = 2 sqrt(s) (eps = BROADENING * sqrt(s_0)).
 BROADENING = 1e-12
 
 

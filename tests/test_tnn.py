@@ -225,3 +225,16 @@ def test_bad_input_is_refused(rng):
         m.predict(rng.uniform(0, 1, (3, 4)))
     with pytest.raises(ValueError, match="not fitted"):
         TNN(ok).predict(X)
+
+
+def test_cli_trains_plots_and_saves(tmp_path, capsys):
+    from fasttn.cli import main
+
+    png, npz = tmp_path / "curves.png", tmp_path / "tnn.npz"
+    assert main(["train", "tnn", "--task", "blobs", "--bond", "2,4", "--sweeps", "5",
+                 "--plot", str(png), "--out", str(npz), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "D=2" in out and "D=4" in out and "test accuracy" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert isinstance(fasttn.load(npz), TNN)
+    assert main(["train", "tnn", "--task", "line", "--bond", "x"]) == 2

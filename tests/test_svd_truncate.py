@@ -12,15 +12,21 @@ from fasttn.ops.svd_truncate import reference as ref
 
 ABSORB = ["both", "left", "right"]
 # (shape, max_bond, cutoff): square, tall, wide, a single row and column, 2-D to 4-D stacks,
-# and shapes past cpu.JACOBI_MAX_ENTRIES (the LAPACK route)
+# stacks of at least cpu.JACOBI_MIN_ITEMS small matrices (the Jacobi route), and fewer or
+# larger ones (the LAPACK route)
 CASES = [((6, 6), None, 0.0), ((9, 4), 3, 0.0), ((4, 9), None, 0.3), ((5, 1, 7), None, 0.0),
-         ((3, 7, 1), 2, 0.0), ((7, 5, 5), 3, 0.2), ((2, 3, 8, 6), 4, 0.05),
+         ((3, 7, 1), 2, 0.0), ((9, 5, 5), 3, 0.2), ((2, 5, 8, 6), 4, 0.05),
          ((3, 40, 36), 10, 0.0), ((2, 33, 45), None, 0.4)]
 
 
+def _route_is_jacobi(shape):
+    return cpu.use_jacobi(*shape[-2:], int(np.prod(shape[:-2], dtype=int)))
+
+
 def test_both_routes_are_covered():
-    assert any(cpu.use_jacobi(*c[0][-2:]) for c in CASES)
-    assert any(not cpu.use_jacobi(*c[0][-2:]) for c in CASES)
+    assert any(_route_is_jacobi(c[0]) for c in CASES)
+    assert any(not _route_is_jacobi(c[0]) for c in CASES)
+    assert not cpu.use_jacobi(8, 8, 1)  # a lone small matrix goes to LAPACK
 
 
 def with_spectrum(rng, m, n, spectrum, sign_margin=0.0):

@@ -26,7 +26,6 @@ from typing import Callable, Tuple
 import numpy as np
 
 import fasttn  # noqa: F401  (the suite runs against the installed package)
-from fasttn.backend import kernel_threads
 from fasttn.ops.svd_truncate import cpu as svd_cpu
 from fasttn.ops.svd_truncate import reference as svd_ref
 from fasttn.ops.svd_truncate import svd_truncate, svd_truncate_backward, svd_truncate_forward
@@ -199,13 +198,8 @@ class SVDTruncateBackward:
 
 
 def _route(a: np.ndarray, jacobi: bool):
-    n_items, m, n = a.shape
-    lanes = min(n_items, svd_cpu.JACOBI_LANES) if jacobi else n_items
-
-    def run():
-        with kernel_threads():
-            svd_cpu._forward(a, min(m, n), 0.0, 0, jacobi, lanes)
-    return run
+    """The whole forward (no truncation), on the given SVD route."""
+    return lambda: svd_cpu.svd_truncate_forward(a, None, 0.0, "both", jacobi=jacobi)
 
 
 class SVDRoute:
@@ -283,7 +277,7 @@ def main() -> None:
         busy = quiet()
         t_fasttn, t_numpy = in_turns([b.fasttn, b.numpy], args.repeats)
         _, m, n = parse(shape)
-        route = "jacobi" if svd_cpu.use_jacobi(m, n) else "lapack"
+        route = "jacobi" if svd_cpu.use_jacobi(m, n, parse(shape)[0]) else "lapack"
         print(f"{shape:>14} {route:>7} {t_fasttn * 1e3:10.2f} {t_numpy * 1e3:10.2f} "
               f"{t_numpy / t_fasttn:8.2f}x {busy}", flush=True)
     print(f"\n{'backward':>14} {'':>7} {'fasttn ms':>10} {'numpy ms':>10} {'speed-up':>9} "
@@ -304,7 +298,7 @@ def main() -> None:
             busy = quiet()
             t_j, t_l = in_turns([r.jacobi, r.lapack], args.repeats)
             b, m, n = r.a.shape
-            route = "jacobi" if svd_cpu.use_jacobi(m, n) else "lapack"
+            route = "jacobi" if svd_cpu.use_jacobi(m, n, parse(shape)[0]) else "lapack"
             print(f"{f'{b}x{m}x{n}':>14} {t_j * 1e3:10.2f} {t_l * 1e3:10.2f} {t_l / t_j:13.2f}x "
                   f"{route:>12} {busy}", flush=True)
 

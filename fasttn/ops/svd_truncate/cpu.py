@@ -21,9 +21,13 @@ then, once the bond ``k`` (largest keep count) is known, the absorption into ``l
 compiled kernel serves both dtypes.
 
 The backward is a Numba kernel too, one matrix at a time with its small products written as
-loops whose innermost index runs along contiguous rows: 1.2x (64 x 48 x 48) to 4x
-(4096 x 8 x 8) faster than the same formula in batched NumPy (``bench_svd.numpy_backward``),
-whose ``matmul`` calls and temporaries cost more than the arithmetic on small matrices.
+loops whose innermost index runs along contiguous rows: 2x (stacks of 48 x 48) to 5x (8 x 8)
+faster than the same formula in batched NumPy (``bench_svd.numpy_backward``), whose
+``matmul`` calls and temporaries cost more than the arithmetic on small matrices.
+
+Large arrays (the saved SVD, the outputs, float32 casts, the gradient) come from
+``backend.workspace``: fresh multi-megabyte arrays cost page faults on first touch, 25-30 %
+of the whole forward on 4096 matrices of 8 x 8.
 
 Both kernels run on one thread. A ``prange`` over chunks of the stack was 1.7-1.9x faster on
 two idle cores, but slower than one thread whenever another process held the cores, and its
@@ -32,17 +36,19 @@ first compilation took 7-8 s longer.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 
 from ..._numba import njit
-from ...backend import kernel_threads
+from ...backend import kernel_threads, workspace
 from .reference import BROADENING, SVDSaved, SVDTruncation
 
 # Jacobi route up to 32 x 32 entries, about where it stops beating gesdd in the same kernel
-# (bench_svd.SVDRoute, gesdd time / Jacobi time: 32 x 32 1.1, 36 x 36 1.03, 40 x 40 0.86,
-# 48 x 48 0.78; thin shapes follow the area: 40 x 32 1.09, 64 x 16 1.35, 512 x 8 1.04,
-# 96 x 32 0.82, 256 x 16 0.79).
+# (bench_svd.SVDRoute, gesdd time / Jacobi time over three runs on 2 idle cores: 8 x 8 4.5,
+# 16 x 16 2.4, 24 x 24 1.7, 32 x 32 1.06-1.10, 36 x 36 0.89-0.95, 40 x 40 0.85-0.90,
+# 48 x 48 0.71-0.75; thin shapes follow the area: 64 x 16 1.48-1.54, 40 x 32 0.97-1.04,
+# 512 x 8 0.87-1.01, 256 x 16 0.75-0.90, 96 x 32 0.72).
 JACOBI_MAX_ENTRIES = 32 * 32
 # Matrices per Jacobi chunk: 16, 32 and 64 time within 5 % of each other, 8 up to 2x slower.
 JACOBI_LANES = 32
@@ -55,8 +61,13 @@ _ZERO_COLUMN = math.sqrt(_TINY)
 _MAX_SWEEPS = 60
 
 
-def use_jacobi(m: int, n: int) -> bool:
-    return m * n <= JACOBI_MAX_ENTRIES
+# Below this many matrices the lanes run mostly empty and LAPACK wins (one 32x32 matrix:
+# 1.0 ms by Jacobi lanes, 0.1 ms by gesdd).
+JACOBI_MIN_ITEMS = 8
+
+
+def use_jacobi(m: int, n: int, n_items: int = JACOBI_LANES) -> bool:
+    return m * n <= JACOBI_MAX_ENTRIES and n_items >= JACOBI_MIN_ITEMS
 
 
 # error_model="numpy": a zero column makes ``tan`` 0/0 before it is discarded, which must
@@ -324,73 +335,93 @@ def _svd_chunk(a, lo, hi, max_bond, cutoff, jacobi, u, s, v, kept, entropy, disc
 
 
 @njit
-def _absorb_chunk(lo, hi, u, s, v, kept, absorb, left, right, s_out):
-    m = u.shape[1]
+def _absorb(u, s, v, kept, k, absorb, left, right, s_out):
+    """``left (n_items * m * k,)``, ``right (n_items * k * n,)``, ``s_out (n_items * k,)``, flat
+    C-order, every entry written (the padding with exact zeros): the buffers come uncleared
+    from the pool."""
+    n_items, m, r = u.shape
     n = v.shape[1]
-    for b in range(lo, hi):
-        for j in range(kept[b]):
-            sj = s[b, j]
-            s_out[b, j] = sj
+    fl = np.empty(k)
+    fr = np.empty(k)
+    for b in range(n_items):
+        kb = kept[b]
+        for j in range(k):
+            sj = s[b, j] if j < kb else 0.0
+            s_out[b * k + j] = sj
             if absorb == 0:
-                fl = math.sqrt(sj)
-                fr = fl
+                fl[j] = math.sqrt(sj)
+                fr[j] = fl[j]
             elif absorb == 1:
-                fl = sj
-                fr = 1.0
+                fl[j] = sj
+                fr[j] = 1.0
             else:
-                fl = 1.0
-                fr = sj
-            for i in range(m):
-                left[b, i, j] = u[b, i, j] * fl
+                fl[j] = 1.0
+                fr[j] = sj
+        for i in range(m):
+            row = (b * m + i) * k
+            for j in range(k):
+                left[row + j] = u[b, i, j] * fl[j] if j < kb else 0.0
+        for j in range(k):
+            row = (b * k + j) * n
             for i in range(n):
-                right[b, j, i] = v[b, i, j] * fr
+                right[row + i] = v[b, i, j] * fr[j] if j < kb else 0.0
 
 
 @njit
-def _forward(a, max_bond, cutoff, absorb, jacobi, lanes):
-    n_items, m, n = a.shape
-    r = min(m, n)
-    u = np.empty((n_items, m, r))
-    s = np.empty((n_items, r))
-    v = np.empty((n_items, n, r))
-    kept = np.empty(n_items, np.int64)
-    entropy = np.empty(n_items)
-    discarded = np.empty(n_items)
-    for lo in range(0, n_items, lanes):
-        _svd_chunk(a, lo, min(n_items, lo + lanes), max_bond, cutoff, jacobi, u, s, v, kept,
+def _forward(a, max_bond, cutoff, absorb, jacobi, per_chunk, u, s, v, kept, entropy,
+             discarded, left, right, s_out):
+    """The whole stack into the given arrays; returns the bond ``k``. ``left``, ``right``,
+    ``s_out`` are flat buffers with room for ``k = max_bond``, filled for the actual ``k``."""
+    n_items = a.shape[0]
+    for lo in range(0, n_items, per_chunk):
+        _svd_chunk(a, lo, min(n_items, lo + per_chunk), max_bond, cutoff, jacobi, u, s, v, kept,
                    entropy, discarded)
     k = 1
     for b in range(n_items):
         k = max(k, kept[b])
-    left = np.zeros((n_items, m, k))
-    right = np.zeros((n_items, k, n))
-    s_out = np.zeros((n_items, k))
-    _absorb_chunk(0, n_items, u, s, v, kept, absorb, left, right, s_out)
-    return left, right, s_out, entropy, discarded, u, s, v, kept, k
+    _absorb(u, s, v, kept, k, absorb, left, right, s_out)
+    return k
 
 
-def _lanes(n_items: int, m: int, n: int) -> int:
-    """Matrices per chunk: ``JACOBI_LANES`` on the Jacobi route, the whole stack on LAPACK's."""
-    return max(1, min(n_items, JACOBI_LANES if use_jacobi(m, n) else n_items))
+def _pooled_as(x: np.ndarray, dtype) -> np.ndarray:
+    """``x`` in ``dtype``: itself, or a copy into pooled memory."""
+    if x.dtype == dtype:
+        return x
+    out = workspace.empty(x.shape, dtype)
+    np.copyto(out, x, casting="unsafe")
+    return out
 
 
-def svd_truncate_forward(a: np.ndarray, max_bond, cutoff: float, absorb: str):
-    """``(SVDTruncation, SVDSaved)``; arguments already checked, ``a`` C-contiguous."""
+def svd_truncate_forward(a: np.ndarray, max_bond, cutoff: float, absorb: str,
+                         jacobi: Optional[bool] = None):
+    """``(SVDTruncation, SVDSaved)``; arguments already checked, ``a`` C-contiguous.
+    ``jacobi`` forces a route (the benchmark of the two); ``None`` picks by shape."""
     *batch, m, n = a.shape
     r = min(m, n)
     # float64 in and out, whatever a is: one compiled kernel (the casts are O(m n) per matrix,
     # against O(m n min(m, n)) per sweep of the SVD)
-    flat = a.reshape(-1, m, n).astype(np.float64, copy=False)
+    flat = _pooled_as(a.reshape(-1, m, n), np.float64)
+    n_items = flat.shape[0]
     bond = r if max_bond is None else min(int(max_bond), r)
+    jacobi = use_jacobi(m, n, n_items) if jacobi is None else bool(jacobi)
+    u = workspace.empty((n_items, m, r), np.float64)
+    s = workspace.empty((n_items, r), np.float64)
+    v = workspace.empty((n_items, n, r), np.float64)
+    kept = np.empty(n_items, np.int64)
+    ent = np.empty(n_items)
+    disc = np.empty(n_items)
+    left = workspace.empty((n_items * m * bond,), np.float64)
+    right = workspace.empty((n_items * bond * n,), np.float64)
+    s_out = workspace.empty((n_items * bond,), np.float64)
+    # matrices per chunk: the Jacobi lanes, or the whole stack for gesdd
+    per_chunk = max(1, min(n_items, JACOBI_LANES) if jacobi else n_items)
     with kernel_threads():  # the BLAS under gesdd on one thread, as under every kernel
-        left, right, s_out, ent, disc, u, s, v, kept, k = _forward(
-            flat, bond, float(cutoff), ABSORB_CODE[absorb], use_jacobi(m, n),
-            _lanes(flat.shape[0], m, n))
-    k = int(k)
+        k = int(_forward(flat, bond, float(cutoff), ABSORB_CODE[absorb], jacobi, per_chunk,
+                         u, s, v, kept, ent, disc, left, right, s_out))
     dt = a.dtype
-    out = SVDTruncation(left.reshape(*batch, m, k).astype(dt, copy=False),
-                        right.reshape(*batch, k, n).astype(dt, copy=False),
-                        s_out.reshape(*batch, k).astype(dt, copy=False),
+    out = SVDTruncation(_pooled_as(left[:n_items * m * k].reshape(*batch, m, k), dt),
+                        _pooled_as(right[:n_items * k * n].reshape(*batch, k, n), dt),
+                        _pooled_as(s_out[:n_items * k].reshape(*batch, k), dt),
                         ent.reshape(batch), disc.reshape(batch))
     saved = SVDSaved(u.reshape(*batch, m, r), s.reshape(*batch, r), v.reshape(*batch, n, r),
                      kept.reshape(batch), k, absorb, dt)
@@ -539,8 +570,8 @@ def svd_truncate_backward(saved: SVDSaved, g_left, g_right, g_s) -> np.ndarray:
     gl, has_l = flat(g_left, (m, k))
     gr, has_r = flat(g_right, (k, n))
     gs, has_s = flat(g_s, (k,))
-    g_a = np.empty((n_items, m, n))  # float64 whatever a was: one compiled kernel
+    g_a = workspace.empty((n_items, m, n), np.float64)  # float64 whatever a was: one kernel
     _backward(u, saved.s.reshape(-1, r), saved.v.reshape(-1, n, r),
               saved.kept.reshape(-1), ABSORB_CODE[saved.absorb], gl, gr, gs, has_l, has_r,
               has_s, g_a)
-    return g_a.reshape(*batch, m, n).astype(saved.dtype, copy=False)
+    return _pooled_as(g_a.reshape(*batch, m, n), saved.dtype)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from conftest import DTYPES, assert_close
+from conftest import RTOL, DTYPES, assert_close
 from fasttn.ops import mera_block, mera_block_backward, mera_block_forward
 from fasttn.ops.mera_block import reference as ref
 
@@ -51,11 +51,17 @@ def test_kernel_matches_reference(rng, dtype, case):
     assert_close(out, out_ref, dtype, "forward")
     assert_close(mera_block(*args), out_ref, dtype, "mera_block")
     g = rng.standard_normal(out.shape)
-    for name, a, r in zip(("g_x", "g_u1", "g_w", "g_u2", "g_top"),
-                          mera_block_backward(saved, g.astype(dtype)),
-                          ref.mera_block_backward(saved_ref, g)):
+    # Rounding scales with the sum of |terms| of each entry, which is the same multilinear
+    # network on |inputs|: measuring against it keeps entries that cancel (p = 1 leaves a
+    # gradient of 32 numbers whose largest can be a near-cancellation) from failing float32.
+    _, saved_abs = ref.mera_block_forward(*[np.abs(a) for a in f64])
+    for name, a, r, r_abs in zip(("g_x", "g_u1", "g_w", "g_u2", "g_top"),
+                                 mera_block_backward(saved, g.astype(dtype)),
+                                 ref.mera_block_backward(saved_ref, g),
+                                 ref.mera_block_backward(saved_abs, np.abs(g))):
         assert a.dtype == dtype and a.shape == r.shape, name
-        assert_close(a, r, dtype, name)
+        err = float(np.abs(a - r).max() / np.abs(r_abs).max())
+        assert err <= RTOL[dtype], f"{name}: error {err:.3e} relative to the sum of |terms|"
 
 
 @pytest.mark.parametrize("case", CASES[:2])

@@ -30,6 +30,11 @@ from fasttn.ops.svd_truncate import cpu as svd_cpu
 from fasttn.ops.svd_truncate import reference as svd_ref
 from fasttn.ops.svd_truncate import svd_truncate, svd_truncate_backward, svd_truncate_forward
 
+try:
+    from .quiet import busy_fraction, wait_for_quiet
+except ImportError:  # run as a script
+    from quiet import busy_fraction, wait_for_quiet
+
 SHAPES = ["4096x8x8", "1024x16x16", "256x48x48", "64x48x48"]
 ROUTE_SHAPES = ["4x4", "8x8", "16x16", "24x24", "32x32", "36x36", "40x40", "48x48", "40x32",
                 "64x16", "512x8", "96x32", "256x16"]
@@ -138,7 +143,22 @@ def in_turns(fns, repeats: int = 7):
     return [float(np.median(ts)) for ts in times]
 
 
-class SVDTruncate:
+class _FasttnVsNumpy:
+    """``self.fasttn`` and ``self.numpy`` (set by ``setup``) timed, and their ratio."""
+
+    def time_fasttn(self, shape):
+        self.fasttn()
+
+    def time_numpy(self, shape):
+        self.numpy()
+
+    def track_speedup(self, shape):
+        t_fasttn, t_numpy = in_turns([self.fasttn, self.numpy])
+        return t_numpy / t_fasttn
+    track_speedup.unit = "x"
+
+
+class SVDTruncate(_FasttnVsNumpy):
     """Fused kernel vs ``np.linalg.svd`` + the same post-processing in NumPy."""
 
     params = [SHAPES]
@@ -155,19 +175,7 @@ class SVDTruncate:
         for x, y in zip(self.fasttn(), self.numpy()):
             np.testing.assert_allclose(x, y, rtol=0, atol=1e-9 * max(1.0, np.abs(y).max()))
 
-    def time_fasttn(self, shape):
-        self.fasttn()
-
-    def time_numpy(self, shape):
-        self.numpy()
-
-    def track_speedup(self, shape):
-        t_fasttn, t_numpy = in_turns([self.fasttn, self.numpy])
-        return t_numpy / t_fasttn
-    track_speedup.unit = "x"
-
-
-class SVDTruncateBackward:
+class SVDTruncateBackward(_FasttnVsNumpy):
     """The backward kernel vs :func:`numpy_backward` (the same formula, batched NumPy)."""
 
     params = [SHAPES]
@@ -184,18 +192,6 @@ class SVDTruncateBackward:
         expected = self.numpy()
         np.testing.assert_allclose(self.fasttn(), expected, rtol=0,
                                    atol=1e-9 * np.abs(expected).max())
-
-    def time_fasttn(self, shape):
-        self.fasttn()
-
-    def time_numpy(self, shape):
-        self.numpy()
-
-    def track_speedup(self, shape):
-        t_fasttn, t_numpy = in_turns([self.fasttn, self.numpy])
-        return t_numpy / t_fasttn
-    track_speedup.unit = "x"
-
 
 def _route(a: np.ndarray, jacobi: bool):
     """The whole forward (no truncation), on the given SVD route."""
@@ -227,32 +223,6 @@ class SVDRoute:
         t_jacobi, t_lapack = in_turns([self.jacobi, self.lapack])
         return t_lapack / t_jacobi
     track_lapack_over_jacobi.unit = "x"
-
-
-def busy_fraction(interval: float = 1.0) -> float:
-    """Fraction of all cores busy over ``interval`` seconds (Linux ``/proc/stat``; 0 elsewhere)."""
-    def sample():
-        with open("/proc/stat") as fh:
-            vals = [int(v) for v in fh.readline().split()[1:]]
-        return sum(vals), vals[3] + vals[4]  # total, idle + iowait
-
-    try:
-        t0, i0 = sample()
-        time.sleep(interval)
-        t1, i1 = sample()
-    except OSError:
-        return 0.0
-    return 1.0 - (i1 - i0) / max(1, t1 - t0)
-
-
-def wait_for_quiet(max_wait_s: float, threshold: float = 0.15) -> float:
-    """Wait up to ``max_wait_s`` for other processes to leave the cores; the busy fraction."""
-    deadline = time.monotonic() + max_wait_s
-    busy = busy_fraction()
-    while busy > threshold and time.monotonic() < deadline:
-        time.sleep(2.0)
-        busy = busy_fraction()
-    return busy
 
 
 def main() -> None:

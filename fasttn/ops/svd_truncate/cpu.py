@@ -70,6 +70,19 @@ def use_jacobi(m: int, n: int, n_items: int = JACOBI_LANES) -> bool:
     return m * n <= JACOBI_MAX_ENTRIES and n_items >= JACOBI_MIN_ITEMS
 
 
+@njit(inline="always")
+def _rotate_rows(a, i, j, cos, sin):
+    """Rows ``i, j`` of ``a[:, :, l]`` rotated by each lane's ``(cos, sin)``."""
+    for t in range(a.shape[1]):
+        ai = a[i, t]
+        aj = a[j, t]
+        for l in range(ai.shape[0]):
+            x = ai[l]
+            y = aj[l]
+            ai[l] = cos[l] * x - sin[l] * y
+            aj[l] = sin[l] * x + cos[l] * y
+
+
 # error_model="numpy": a zero column makes ``tan`` 0/0 before it is discarded, which must
 # not raise (and the lane loop has no division check to keep it from vectorising)
 @njit(error_model="numpy")
@@ -120,22 +133,8 @@ def _jacobi_sweeps(w, vw, tol, nrm, gam, cos, sin):
                 if n_rot == 0:
                     continue
                 rotated = True
-                for t in range(p):
-                    wi = w[i, t]
-                    wj = w[j, t]
-                    for l in range(lanes):
-                        x = wi[l]
-                        y = wj[l]
-                        wi[l] = cos[l] * x - sin[l] * y
-                        wj[l] = sin[l] * x + cos[l] * y
-                for t in range(r):
-                    wi = vw[i, t]
-                    wj = vw[j, t]
-                    for l in range(lanes):
-                        x = wi[l]
-                        y = wj[l]
-                        wi[l] = cos[l] * x - sin[l] * y
-                        wj[l] = sin[l] * x + cos[l] * y
+                _rotate_rows(w, i, j, cos, sin)
+                _rotate_rows(vw, i, j, cos, sin)
         if not rotated:
             return sweep + 1
     return _MAX_SWEEPS

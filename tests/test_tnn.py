@@ -132,6 +132,10 @@ def test_entropy_blobs_near_zero_spiral_larger(blobs_model, spiral_model):
     assert spiral.history_[-1]["entropy_max"] > 2 * blobs.history_[-1]["entropy_max"]
     assert spiral.bond_entropies()[0].max() > 2 * blobs.bond_entropies()[0].max()
     assert len(spiral.history_) == 300 and len(spiral.history_[0]["entropy"][0]) == 5
+    sv = np.asarray(spiral.history_[-1]["singular_values"][0][2])  # middle bond, last sweep
+    assert 1 <= len(sv) <= 4 and np.all(np.diff(sv) <= 0)
+    p = sv ** 2 / np.sum(sv ** 2)
+    assert abs(-np.sum(p * np.log(p)) - spiral.history_[-1]["entropy"][0][2]) < 1e-10
 
 
 def test_linear_fit_recovers_slope_and_intercept():

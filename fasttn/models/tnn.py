@@ -236,7 +236,8 @@ class TNN(Estimator):
 
         Returns ``self``; ``history_`` holds one record per epoch (Adam) or sweep, with the
         loss, the training accuracy (classification) and, for sweeps, the bond entropies of
-        every TNLayer (``entropy``) and their maximum (``entropy_max``).
+        every TNLayer (``entropy``), their maximum (``entropy_max``) and the kept singular
+        values of every bond at its last update (``singular_values[layer][bond]``).
         """
         self._check_config()
         epochs = check_positive_int("epochs", epochs if epochs is not None else self.epochs)
@@ -389,7 +390,9 @@ class TNN(Estimator):
                 layer.cores = m.cores
             rec = {"epoch": sweep + 1, "loss": loss, "seconds": time.perf_counter() - t0,
                    "entropy": [m.entropy.tolist() for m in mpos],
-                   "entropy_max": float(max(m.entropy.max() for m in mpos))}
+                   "entropy_max": float(max(m.entropy.max() for m in mpos)),
+                   "singular_values": [[[] if sv is None else np.asarray(sv).tolist()
+                                        for sv in m.s] for m in mpos]}
             if self.task_ == "classification":
                 rec["accuracy"] = state["correct"] / max(state["seen"], 1)
             hist.append(rec)

@@ -382,11 +382,21 @@ def _forward(a, max_bond, cutoff, absorb, jacobi, per_chunk, u, s, v, kept, entr
     return k
 
 
+# Below this the pool's bookkeeping (~13 us a lease) costs more than the page faults it saves.
+_POOL_MIN_BYTES = 1 << 20
+
+
+def _empty(shape, dtype) -> np.ndarray:
+    """Pooled memory for large buffers, plain ``np.empty`` for small ones."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return workspace.empty(shape, dtype) if nbytes >= _POOL_MIN_BYTES else np.empty(shape, dtype)
+
+
 def _pooled_as(x: np.ndarray, dtype) -> np.ndarray:
     """``x`` in ``dtype``: itself, or a copy into pooled memory."""
     if x.dtype == dtype:
         return x
-    out = workspace.empty(x.shape, dtype)
+    out = _empty(x.shape, dtype)
     np.copyto(out, x, casting="unsafe")
     return out
 
@@ -403,15 +413,15 @@ def svd_truncate_forward(a: np.ndarray, max_bond, cutoff: float, absorb: str,
     n_items = flat.shape[0]
     bond = r if max_bond is None else min(int(max_bond), r)
     jacobi = use_jacobi(m, n, n_items) if jacobi is None else bool(jacobi)
-    u = workspace.empty((n_items, m, r), np.float64)
-    s = workspace.empty((n_items, r), np.float64)
-    v = workspace.empty((n_items, n, r), np.float64)
+    u = _empty((n_items, m, r), np.float64)
+    s = _empty((n_items, r), np.float64)
+    v = _empty((n_items, n, r), np.float64)
     kept = np.empty(n_items, np.int64)
     ent = np.empty(n_items)
     disc = np.empty(n_items)
-    left = workspace.empty((n_items * m * bond,), np.float64)
-    right = workspace.empty((n_items * bond * n,), np.float64)
-    s_out = workspace.empty((n_items * bond,), np.float64)
+    left = _empty((n_items * m * bond,), np.float64)
+    right = _empty((n_items * bond * n,), np.float64)
+    s_out = _empty((n_items * bond,), np.float64)
     # matrices per chunk: the Jacobi lanes, or the whole stack for gesdd
     per_chunk = max(1, min(n_items, JACOBI_LANES) if jacobi else n_items)
     with kernel_threads():  # the BLAS under gesdd on one thread, as under every kernel
@@ -569,7 +579,7 @@ def svd_truncate_backward(saved: SVDSaved, g_left, g_right, g_s) -> np.ndarray:
     gl, has_l = flat(g_left, (m, k))
     gr, has_r = flat(g_right, (k, n))
     gs, has_s = flat(g_s, (k,))
-    g_a = workspace.empty((n_items, m, n), np.float64)  # float64 whatever a was: one kernel
+    g_a = _empty((n_items, m, n), np.float64)  # float64 whatever a was: one kernel
     _backward(u, saved.s.reshape(-1, r), saved.v.reshape(-1, n, r),
               saved.kept.reshape(-1), ABSORB_CODE[saved.absorb], gl, gr, gs, has_l, has_r,
               has_s, g_a)

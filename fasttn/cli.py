@@ -63,7 +63,8 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
 def _add_train_tnn(models: argparse._SubParsersAction) -> None:
     q = models.add_parser("tnn", help="MPO tensor network (TNLayer) on the paper's small tasks",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    q.add_argument("--task", default="spiral", choices=list(_TNN_TASKS))
+    q.add_argument("--task", default="spiral", choices=list(_TNN_TASKS),
+                   help="the paper's four tasks, or the 8x8 digits straight into the TNLayer")
     q.add_argument("--solver", default="sweep", choices=["sweep", "adam"])
     q.add_argument("--schedule", default="pal", choices=["pal", "lbl"])
     q.add_argument("--bond", default="4",
@@ -91,6 +92,8 @@ _TNN_TASKS = {
     "line": ("noisy_line", 400, 100, ("linear",), (1, None), ("plain", 0.1)),
     "sine": ("noisy_sine", 400, 100, ("linear", "sigmoid", "sigmoid"), (1, None),
              ("plain", 0.1)),
+    # the 8x8 pixels are already 64 = 2^6 features: the TNLayer takes them directly
+    "digits": ("digits", None, None, ("relu",), (10, "softmax"), ("scaled", 4.0)),
 }
 
 
@@ -107,8 +110,14 @@ def _train_tnn(args: argparse.Namespace) -> int:
     step = args.sweep_step or step
     step_lr = args.sweep_lr if args.sweep_lr is not None else (
         step_lr if args.sweep_step in (None, step) else {"plain": 0.1, "scaled": 4.0}[step])
-    X, y = getattr(toy, gen)(n_tr + n_te, seed=args.seed)
-    X_tr, y_tr, X_te, y_te = X[:n_tr], y[:n_tr], X[n_tr:], y[n_tr:]
+    if gen == "digits":
+        from fasttn.data import load_task
+
+        X_tr, y_tr, X_te, y_te = load_task("digits", size=8, seed=args.seed)
+        X_tr, X_te = X_tr.reshape(len(X_tr), -1), X_te.reshape(len(X_te), -1)
+    else:
+        X, y = getattr(toy, gen)(n_tr + n_te, seed=args.seed)
+        X_tr, y_tr, X_te, y_te = X[:n_tr], y[:n_tr], X[n_tr:], y[n_tr:]
     try:
         bonds = [int(b) for b in str(args.bond).split(",")]
     except ValueError:
@@ -117,8 +126,8 @@ def _train_tnn(args: argparse.Namespace) -> int:
     init = args.init or ("random" if args.task == "sine" else "product")
     histories = {}
     for bond in bonds:
-        layers = ([Dense(64, trainable=False)]
-                  + [TNLayer(64, n_sites=6, bond_dim=bond, activation=a, init=init)
+        layers = ([] if gen == "digits" else [Dense(64, trainable=False)]) + (
+                  [TNLayer(64, n_sites=6, bond_dim=bond, activation=a, init=init)
                      for a in hidden]
                   + [Dense(units, activation=head)])
         model = TNN(layers, solver=args.solver, schedule=args.schedule, lr=args.lr,

@@ -242,3 +242,15 @@ def test_cli_trains_plots_and_saves(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert isinstance(fasttn.load(npz), TNN)
     assert main(["train", "tnn", "--task", "line", "--bond", "x"]) == 2
+
+
+def test_digits_from_pixels():
+    """The 8x8 digits are 64 = 2^6 features: a TNLayer takes them directly (no Dense)."""
+    from fasttn.data import load_task
+
+    X_tr, y_tr, X_te, y_te = load_task("digits", size=8, seed=0)
+    m = TNN([TNLayer(64, n_sites=6, bond_dim=4, activation="relu"),
+             Dense(10, activation="softmax")], solver="sweep", sweep_step="scaled",
+            sweep_lr=4.0, lr=0.02, epochs=100, random_state=0)
+    m.fit(X_tr.reshape(len(X_tr), -1), y_tr)
+    assert m.score(X_te.reshape(len(X_te), -1), y_te) >= 0.95

@@ -226,9 +226,6 @@ class TNN(Estimator):
             g, grads[j] = self.layers_[j].backward(saved[j], g, need_g_x=j > first)
         return grads
 
-    def _targets(self, y: np.ndarray) -> np.ndarray:
-        return y  # class indices, or float targets for regression
-
     # -- fitting ------------------------------------------------------------------------
     def fit(self, X: Any, y: Any, *, epochs: Optional[int] = None,
             warm_start: bool = False) -> "TNN":
@@ -541,8 +538,7 @@ class TNN(Estimator):
         self.layers_ = _as_layers(self.layers)
         n_in = meta["n_features_in"]
         for j, layer in enumerate(self.layers_):
-            params = [arrays[f"layer{j}_{name}"] for name in
-                      _param_names(layer, arrays, j)]
+            params = [arrays[f"layer{j}_{name}"] for name in layer.param_names()]
             layer.set_params(params)
             want_in = params[0].shape[0] if isinstance(layer, Dense) else \
                 int(np.prod([c.shape[1] for c in params[:layer.n_sites]]))
@@ -555,9 +551,3 @@ class TNN(Estimator):
         if "classes" in meta:
             self.classes_ = np.asarray(meta["classes"])
 
-
-def _param_names(layer: Layer, arrays: Dict[str, np.ndarray], j: int) -> List[str]:
-    if isinstance(layer, TNLayer):
-        names = [f"core{k}" for k in range(layer.n_sites)]
-        return names + (["b"] if layer.use_bias else [])
-    return ["w", "b"] if layer.use_bias else ["w"]

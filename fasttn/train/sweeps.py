@@ -55,7 +55,7 @@ class MPOSweep:
 
     def dense(self) -> np.ndarray:
         """The current ``W`` from the cached environments."""
-        return mpo_cpu.contract_with_envs(self.pre[0], _grouped1(self.cores[0]), self.suf[1])
+        return mpo_cpu.contract_with_envs(self.pre[0], self.cores[0], self.suf[1])
 
     def bond_tensor(self, k: int) -> np.ndarray:
         """``B (Da, i1, o1, i2, o2, Db)`` of cores ``k`` and ``k+1``."""
@@ -104,10 +104,6 @@ def _grouped(bond: np.ndarray) -> np.ndarray:
     """``(Da, i1, o1, i2, o2, Db) -> (Da, i1 i2, o1 o2, Db)`` (W's row-major grouping)."""
     da, i1, o1, i2, o2, db = bond.shape
     return bond.transpose(0, 1, 3, 2, 4, 5).reshape(da, i1 * i2, o1 * o2, db)
-
-
-def _grouped1(core: np.ndarray) -> np.ndarray:
-    return core
 
 
 ForwardBackward = Callable[[Sequence[np.ndarray]], Tuple[float, Sequence[np.ndarray], object]]

@@ -94,3 +94,18 @@ def test_sweep_loss_change_is_first_order(rng):
     change = fb([mpo_to_dense(sweep.cores)])[0] - loss0
     assert predicted < 0
     assert abs(change - predicted) <= 1e-4 * abs(predicted), (change, predicted)
+
+
+def test_environments_stay_valid_across_layer_by_layer_sweeps(rng):
+    """Sweeping one MPO, then another (LbL), needs no recomputation of environments."""
+    mpos = [MPOSweep(random_cores(rng, (2,) * 4, (2,) * 4, 3), max_bond=3) for _ in range(2)]
+    x = rng.standard_normal((5, 16))
+
+    def fb(ws):
+        z = x @ ws[0] @ ws[1]
+        return float(np.sum(z * z)), [x.T @ (2 * z) @ ws[1].T, (x @ ws[0]).T @ (2 * z)], None
+
+    for active in ([True, False], [False, True], [True, False]):
+        run_sweep(mpos, active, fb, 1e-3)
+        for m in mpos:
+            assert rel_err(m.dense(), mpo_to_dense(m.cores)) < 1e-10

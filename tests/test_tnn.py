@@ -225,6 +225,9 @@ def test_bad_input_is_refused(rng):
         TNN(_paper_model(Dense(2, activation="softmax")), solver="sweep", sweep_lr=1e6,
             epochs=3).fit(X, y)
     m = TNN(ok, epochs=1).fit(X, y)
+    with pytest.raises(ValueError, match=r"y: labels \[7\] were not among"):
+        m.fit(X, np.where(y == 1, 7, 0), warm_start=True)
+    assert TNN(ok, epochs=1).fit(X, y + 5).predict(X).min() >= 5  # labels kept as given
     with pytest.raises(ValueError, match="X: expected 2 features"):
         m.predict(rng.uniform(0, 1, (3, 4)))
     with pytest.raises(ValueError, match="not fitted"):

@@ -25,5 +25,7 @@ class PalSweep:
         self.base.sweep(self.w.X, self.w.y)
 
     def track_speedup_over_numpy(self, bond):
-        return W.measure(bond)["speedup"]
+        t_fast = W.best_time(self.w.step)
+        t_base = W.best_time(lambda: self.base.sweep(self.w.X, self.w.y))
+        return t_base / t_fast
     track_speedup_over_numpy.unit = "x"

@@ -241,7 +241,7 @@ class TNN(Estimator):
         fitted = warm_start and getattr(self, "n_features_in_", None) is not None
         X = self._check_X(X, fitted=fitted)
         self.task_ = self._task()
-        y_t = self._check_y(y, X.shape[0])
+        y_t = self._check_y(y, X.shape[0], fitted=fitted)
         rng = np.random.default_rng(self.random_state)
         if not fitted:
             self._build(X.shape[1], rng)
@@ -263,7 +263,9 @@ class TNN(Estimator):
                              f"{X.shape[1]}")
         return np.ascontiguousarray(X, dtype=np.dtype(self.dtype))
 
-    def _check_y(self, y: Any, n: int) -> np.ndarray:
+    def _check_y(self, y: Any, n: int, fitted: bool = True) -> np.ndarray:
+        """Targets as float64 (regression) or class indices into ``classes_``, which a
+        fresh fit sets and a warm start keeps."""
         y = np.asarray(y)
         if y.shape[0:1] != (n,):
             raise ValueError(f"y: expected {n} targets (one per sample), got shape {y.shape}")
@@ -283,8 +285,12 @@ class TNN(Estimator):
         if len(classes) > n_classes:
             raise ValueError(f"y: the last layer has {last['units']} unit(s), room for "
                              f"{n_classes} classes, got {len(classes)} distinct labels")
-        if not (hasattr(self, "classes_") and set(classes) <= set(self.classes_)):
+        if not fitted:
             self.classes_ = classes
+        elif not set(classes.tolist()) <= set(self.classes_.tolist()):
+            extra = sorted(set(classes.tolist()) - set(self.classes_.tolist()))
+            raise ValueError(f"y: labels {extra} were not among the classes seen in fit "
+                             f"{self.classes_.tolist()}")
         return np.searchsorted(self.classes_, y).astype(np.int64)
 
     def _params(self) -> List[np.ndarray]:
@@ -402,10 +408,9 @@ class TNN(Estimator):
         losses = []
         for j in range(len(mpos)):
             active = [i == j for i in range(len(mpos))]
+            # a finished sweep leaves its environments valid; the others did not change
             losses.append(run_sweep(mpos, active, forward_backward, self.sweep_lr, None,
                                     scaled=self.sweep_step == "scaled"))
-            for m in mpos:
-                m.refresh()
         for _ in range(len(mpos[-1].schedule)):
             ws = [m.dense() for m in mpos]
             loss, _, g_others = forward_backward(ws)

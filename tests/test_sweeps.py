@@ -98,14 +98,17 @@ def test_sweep_loss_change_is_first_order(rng):
 
 def test_environments_stay_valid_across_layer_by_layer_sweeps(rng):
     """Sweeping one MPO, then another (LbL), needs no recomputation of environments."""
-    mpos = [MPOSweep(random_cores(rng, (2,) * 4, (2,) * 4, 3), max_bond=3) for _ in range(2)]
+    mpos = [MPOSweep([0.5 * c for c in random_cores(rng, (2,) * 4, (2,) * 4, 3)], max_bond=3)
+            for _ in range(2)]
     x = rng.standard_normal((5, 16))
 
     def fb(ws):
         z = x @ ws[0] @ ws[1]
         return float(np.sum(z * z)), [x.T @ (2 * z) @ ws[1].T, (x @ ws[0]).T @ (2 * z)], None
 
+    w0 = [mpo_to_dense(m.cores) for m in mpos]
     for active in ([True, False], [False, True], [True, False]):
-        run_sweep(mpos, active, fb, 1e-3)
+        run_sweep(mpos, active, fb, 1e-4)
         for m in mpos:
             assert rel_err(m.dense(), mpo_to_dense(m.cores)) < 1e-10
+    assert all(rel_err(mpo_to_dense(m.cores), w) > 1e-6 for m, w in zip(mpos, w0))  # trained

@@ -10,7 +10,7 @@ from fasttn.ops.svd_truncate import (SVDTruncation, svd_truncate, svd_truncate_b
 from fasttn.ops.svd_truncate import cpu
 from fasttn.ops.svd_truncate import reference as ref
 
-ABSORB = ["both", "left", "right"]
+ABSORB = ["both", "left", "right", "none"]
 # (shape, max_bond, cutoff): square, tall, wide, a single row and column, 2-D to 4-D stacks,
 # stacks of at least cpu.JACOBI_MIN_ITEMS small matrices (the Jacobi route), and fewer or
 # larger ones (the LAPACK route)
@@ -88,10 +88,13 @@ def test_no_truncation_is_exact(rng, dtype, shape):
     a = rng.standard_normal(shape).astype(dtype)
     tol = 1e-12 if dtype == np.float64 else 1e-6
     s_np = np.linalg.svd(a.astype(np.float64), compute_uv=False)
+    u, _, vt = np.linalg.svd(a.astype(np.float64), full_matrices=False)
     for absorb in ABSORB:
         out = svd_truncate(a, absorb=absorb)
         prod = out.left.astype(np.float64) @ out.right
-        assert np.abs(prod - a).max() <= tol * np.abs(a).max(), absorb
+        # "none" keeps U and V^T apart from S: their product is the polar factor
+        expected = u @ vt if absorb == "none" else a
+        assert np.abs(prod - expected).max() <= tol * np.abs(expected).max(), absorb
         assert_close(out.s, s_np, dtype, "s")
         assert np.all(out.discarded == 0)
         p = s_np ** 2 / np.sum(s_np ** 2, axis=-1, keepdims=True)
@@ -172,7 +175,7 @@ def test_extreme_scales_and_empty_stacks(rng, shape):
 def test_absorb_modes_and_signs(rng, m, n):
     a = rng.standard_normal((3, m, n))
     k = min(m, n) - 1
-    both, left, right = (svd_truncate(a, k, absorb=x) for x in ABSORB)
+    both, left, right = (svd_truncate(a, k, absorb=x) for x in ("both", "left", "right"))
     eye = np.eye(k)
     # left: right factor has orthonormal rows; right: left factor has orthonormal columns
     assert np.abs(left.right @ left.right.transpose(0, 2, 1) - eye).max() <= 1e-12
@@ -183,6 +186,10 @@ def test_absorb_modes_and_signs(rng, m, n):
     assert np.abs(both.right @ both.right.transpose(0, 2, 1) - diag_s).max() <= 1e-12
     prods = [x.left @ x.right for x in (both, left, right)]
     assert np.abs(prods[0] - prods[1]).max() <= 1e-12 and np.abs(prods[0] - prods[2]).max() <= 1e-12
+    # none: both factors orthonormal, the same U and V^T as the others
+    none = svd_truncate(a, k, absorb="none")
+    assert np.abs(none.left - right.left).max() <= 1e-12
+    assert np.abs(none.right - left.right).max() <= 1e-12
     # sign fix: the largest-|.| entry of each column of U is positive
     u = right.left
     at = np.argmax(np.abs(u), axis=1)
@@ -280,7 +287,7 @@ def test_backward_near_and_at_degenerate_values(rng, absorb):
     for max_bond in (None, 4):
         out, saved = svd_truncate_forward(near, max_bond, absorb=absorb)
         g = svd_truncate_backward(saved, g_prod @ out.right.T, out.left.T @ g_prod)
-        if max_bond is None:  # left @ right = a, so the gradient is g_prod itself
+        if max_bond is None and absorb != "none":  # left @ right = a: the gradient is g_prod
             assert np.abs(g - g_prod).max() <= 1e-8 * np.abs(g_prod).max()
         check_gradient(product_loss(max_bond), near, g, rng, n_dirs=2)
 
@@ -319,7 +326,7 @@ def test_float32_forward_matches_float64(rng):
     ({"cutoff": np.inf}, ValueError, "cutoff"),
     ({"cutoff": "1e-3"}, TypeError, "cutoff: expected a real number"),
     ({"cutoff": None}, TypeError, "cutoff"),
-    ({"absorb": "middle"}, ValueError, r"absorb: expected one of \['both', 'left', 'right'\]"),
+    ({"absorb": "middle"}, ValueError, r"absorb: expected one of \['both', 'left', 'right', 'none'\]"),
     ({"absorb": None}, ValueError, "absorb"),
 ])
 def test_bad_input_is_named(kwargs, error, match):

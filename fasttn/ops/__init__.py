@@ -10,6 +10,7 @@ from .product_pool import (product_pool, product_pool_backward, product_pool_for
 from .qcnn_level import (batch_stats, qcnn_level, qcnn_level_backward, qcnn_level_forward,
                          qcnn_level_log_backward, qcnn_level_log_forward,
                          qcnn_level_scaled_forward)
+from .tree_node import tree_node, tree_node_backward, tree_node_forward
 from .svd_truncate import (SVDTruncation, svd_truncate, svd_truncate_backward,
                            svd_truncate_forward)
 
@@ -20,4 +21,5 @@ __all__ = ["feature_map", "site_order", "mera_block", "mera_block_forward", "mer
            "qcnn_level_log_backward", "qcnn_level_scaled_forward", "mpo_apply",
            "mpo_apply_forward", "mpo_apply_backward", "mpo_apply_method", "mpo_from_dense",
            "mpo_to_dense", "mpo_to_dense_forward", "mpo_to_dense_backward", "SVDTruncation",
-           "svd_truncate", "svd_truncate_forward", "svd_truncate_backward"]
+           "svd_truncate", "svd_truncate_forward", "svd_truncate_backward", "tree_node",
+           "tree_node_forward", "tree_node_backward"]

@@ -70,9 +70,10 @@ def svd_truncate_forward(a: Any, max_bond: Optional[int] = None, cutoff: float =
     cutoff : float
         Singular values below ``cutoff * s_0`` (``s_0`` the matrix's largest) are dropped;
         with ``cutoff > 0`` exact zeros are dropped too. At least one value is always kept.
-    absorb : {"both", "left", "right"}
+    absorb : {"both", "left", "right", "none"}
         ``"both"``: ``left = U sqrt(S)``, ``right = sqrt(S) V^T``; ``"left"``: ``left = U S``,
-        ``right = V^T``; ``"right"``: ``left = U``, ``right = S V^T``.
+        ``right = V^T``; ``"right"``: ``left = U``, ``right = S V^T``; ``"none"``: ``left = U``,
+        ``right = V^T`` (their product is the polar factor of an untruncated matrix).
 
     Returns
     -------

@@ -52,7 +52,7 @@ from .reference import BROADENING, SVDSaved, SVDTruncation
 JACOBI_MAX_ENTRIES = 32 * 32
 # Matrices per Jacobi chunk: 16, 32 and 64 time within 5 % of each other, 8 up to 2x slower.
 JACOBI_LANES = 32
-ABSORB_CODE = {"both": 0, "left": 1, "right": 2}
+ABSORB_CODE = {"both": 0, "left": 1, "right": 2, "none": 3}
 _EPS = float(np.finfo(np.float64).eps)
 _TINY = float(np.finfo(np.float64).tiny)
 # A Jacobi column shorter than this is treated as exactly zero: its direction is noise (or
@@ -353,9 +353,12 @@ def _absorb(u, s, v, kept, k, absorb, left, right, s_out):
             elif absorb == 1:
                 fl[j] = sj
                 fr[j] = 1.0
-            else:
+            elif absorb == 2:
                 fl[j] = 1.0
                 fr[j] = sj
+            else:
+                fl[j] = 1.0
+                fr[j] = 1.0
         for i in range(m):
             row = (b * m + i) * k
             for j in range(k):
@@ -465,8 +468,10 @@ def _backward_one(u, s, v, kb, absorb, gl, gr, gs_in, has_l, has_r, has_s, g_u, 
             dr = dl
         elif absorb == 1:
             fl, fr, dl, dr = sj, 1.0, 1.0, 0.0
-        else:
+        elif absorb == 2:
             fl, fr, dl, dr = 1.0, sj, 0.0, 1.0
+        else:
+            fl, fr, dl, dr = 1.0, 1.0, 0.0, 0.0
         acc = gs_in[j] if has_s else 0.0
         if has_l:
             for i in range(m):

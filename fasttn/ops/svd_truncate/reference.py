@@ -11,6 +11,8 @@ For every matrix ``a`` of a stack ``(..., m, n)``, with ``r = min(m, n)``:
    own truncation;
 4. ``absorb``: ``"both"`` gives ``left = U sqrt(S)``, ``right = sqrt(S) V^T``; ``"left"`` gives
    ``left = U S``, ``right = V^T``; ``"right"`` gives ``left = U``, ``right = S V^T``;
+   ``"none"`` gives ``left = U``, ``right = V^T`` (``left @ right`` is then the polar factor,
+   the isometry nearest to ``a``, when nothing is truncated);
 5. ``entropy = -sum p_i log p_i`` with ``p_i = s_i^2 / sum_kept s^2`` (0 log 0 = 0, 0 for a
    zero matrix) and ``discarded = sqrt(sum of the discarded s_i^2)`` = ``||a - left @ right||_F``.
 
@@ -22,7 +24,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-ABSORB = ("both", "left", "right")
+ABSORB = ("both", "left", "right", "none")
 
 # Backward guard: 1/x -> x / (x^2 + eps^2) for x = s_j - s_i, s_j + s_i, s (eps = BROADENING * s_0)
 # and x = 2 sqrt(s) (eps = BROADENING * sqrt(s_0)).
@@ -113,9 +115,12 @@ def svd_truncate_forward(a: np.ndarray, max_bond: Optional[int] = None, cutoff: 
         elif absorb == "left":
             left[b, :, :kb] = u * s
             right[b, :kb, :] = v.T
-        else:
+        elif absorb == "right":
             left[b, :, :kb] = u
             right[b, :kb, :] = (v * s).T
+        else:
+            left[b, :, :kb] = u
+            right[b, :kb, :] = v.T
         s_out[b, :kb] = s
         entropy[b] = entropy_of(s)
         discarded[b] = np.sqrt(np.sum(s_all[b, kb:] ** 2))
@@ -201,10 +206,13 @@ def svd_truncate_backward(saved: SVDSaved, g_left=None, g_right=None, g_s=None) 
             g_u[:, :kb] = gl * sk
             g_sv[:kb] = np.sum(gl * uk, axis=0)
             g_v[:, :kb] = gr
-        else:                     # left = U, right = S V^T
+        elif absorb == "right":   # left = U, right = S V^T
             g_u[:, :kb] = gl
             g_v[:, :kb] = gr * sk
             g_sv[:kb] = np.sum(gr * vk, axis=0)
+        else:                     # left = U, right = V^T
+            g_u[:, :kb] = gl
+            g_v[:, :kb] = gr
         g_sv[:kb] += g_s[b, :kb]
         g_a[b] = thin_svd_backward(u, s, v, g_u, g_sv, g_v)
     return g_a.reshape(*batch, m, n).astype(dt)

@@ -4,13 +4,19 @@ All maps are evaluated elementwise, so ``x`` of any shape gives ``x.shape + (r,)
 
 ``fourier``  sqrt(2) cos(2 pi k x), sqrt(2) sin(2 pi k x), k = 1..n   (q-CNN eq. 19; r = 2n)
 ``legendre`` sqrt(2k+1) P_k(2x - 1), k = 1..r                        (orthonormal on [0, 1])
-``cos_sin``  cos(pi x / 2), sin(pi x / 2)                             (Stoudenmire-Schwab / Liu et al.; r = 2)
+``cos_sin``  sqrt(C(d-1, s)) cos(pi x / 2)^(d-1-s) sin(pi x / 2)^s, s = 0..d-1
+                                                                     (Liu et al.; r = d >= 2)
+
+The ``cos_sin`` map of degree d is the binomial expansion of (cos + sin)^(d-1) split into its
+terms, so its squares sum to 1 at every x; d = 2 is the [cos(pi x / 2), sin(pi x / 2)] map of
+Stoudenmire & Schwab.
 
 With ``constant=True`` the constant function f_0 = 1 is prepended (eq. 19 keeps it; the
 reference q-CNN code leaves it out because the batch-norm shift supplies it).
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -44,15 +50,25 @@ def _feature_map_cpu(x, code, n_features, base, out):
     Per block of pixels, one vectorised pass finds each pixel's base angle as a
     quarter-range sine and cosine (libm's scalar sin/cos calls cost more than all the rest);
     angle doubling and angle addition then give the Fourier modes, Bonnet's recursion the
-    Legendre polynomials."""
+    Legendre polynomials, and running powers of the cosine and sine the ``cos_sin`` terms."""
     flat = x.reshape(-1)
     o = out.reshape(-1, out.shape[-1])
     n = flat.size
+    # sqrt(C(d-1, k)) for the cos_sin map: C(d-1, k) = C(d-1, k-1) (d-k) / k divides exactly,
+    # so the binomials are exact while the products C(d-1, k) k stay below 2^53 (d <= 52),
+    # and rounded to within a few ulps beyond.
+    root_binom = np.empty(n_features)
+    b = 1.0
+    for k in range(n_features):
+        if k:
+            b = b * (n_features - k) / k
+        root_binom[k] = np.sqrt(b)
     for blk in prange((n + _BLOCK - 1) // _BLOCK):
         lo = blk * _BLOCK
         hi = min(n, lo + _BLOCK)
         c1 = np.empty(hi - lo)
         s1 = np.empty(hi - lo)
+        c_pow = np.empty(n_features)
         if code == 0:  # cos, sin of 2 pi v = 4 a with a = (pi / 2) (v - round(v)) in [-pi/4, pi/4]
             for i in range(hi - lo):
                 v = np.float64(flat[lo + i])
@@ -82,9 +98,18 @@ def _feature_map_cpu(x, code, n_features, base, out):
                 for k in range(1, n_features + 1):
                     o[p, base + k - 1] = np.sqrt(2.0 * k + 1) * pk
                     p_prev, pk = pk, ((2 * k + 1) * t * pk - k * p_prev) / (k + 1)
-            else:
+            elif n_features == 2:  # the default degree, kept free of the power loops below
                 o[p, base] = c1[i]
                 o[p, base + 1] = s1[i]
+            else:
+                # c^(d-1-k) comes from a table of ascending powers, s^k from a running product
+                c_pow[0] = 1.0
+                for k in range(1, n_features):
+                    c_pow[k] = c_pow[k - 1] * c1[i]
+                s_k = 1.0
+                for k in range(n_features):
+                    o[p, base + k] = root_binom[k] * c_pow[n_features - 1 - k] * s_k
+                    s_k *= s1[i]
 
 
 def n_channels(name: str, n_features: int, constant: bool) -> int:
@@ -93,8 +118,9 @@ def n_channels(name: str, n_features: int, constant: bool) -> int:
     if name == "fourier" and n_features % 2:
         raise ValueError(f"n_features: the fourier map needs an even count (cos and sin pairs), "
                          f"got {n_features}")
-    if name == "cos_sin" and n_features != 2:
-        raise ValueError(f"n_features: the cos_sin map has exactly 2 channels, got {n_features}")
+    if name == "cos_sin" and n_features < 2:
+        raise ValueError(f"n_features: the cos_sin map needs at least 2 channels (its degree d), "
+                         f"got {n_features}")
     return n_features + int(constant)
 
 
@@ -107,7 +133,8 @@ def feature_map(x: Any, name: str = "fourier", n_features: int = 18, constant: b
     x : array, any shape, values in [0, 1]
     name : {"fourier", "legendre", "cos_sin"}
     n_features : int
-        Channels before the optional constant (even for ``fourier``; 2 for ``cos_sin``).
+        Channels before the optional constant: even for ``fourier`` (cos and sin pairs);
+        the degree d >= 2 for ``cos_sin`` (d = 2 gives [cos(pi x / 2), sin(pi x / 2)]).
     constant : bool
         Prepend the constant channel f_0 = 1.
     dtype : float dtype, optional
@@ -156,10 +183,12 @@ def feature_map_reference(x: Any, name: str, n_features: int, constant: bool, ou
         for k in range(1, n_features + 1):  # Bonnet recursion: (k+1) P_{k+1} = (2k+1) t P_k - k P_{k-1}
             out[..., base + k - 1] = np.sqrt(2 * k + 1) * p
             p_prev, p = p, ((2 * k + 1) * t * p - k * p_prev) / (k + 1)
-    else:
+    else:  # phi_k = sqrt(C(d-1, k)) cos(pi x / 2)^(d-1-k) sin(pi x / 2)^k, k = 0..d-1
         ang = (np.pi / 2) * x.astype(dtype)
-        out[..., base] = xp.cos(ang)
-        out[..., base + 1] = xp.sin(ang)
+        c, s = xp.cos(ang), xp.sin(ang)
+        d = n_features
+        for k in range(d):
+            out[..., base + k] = np.sqrt(math.comb(d - 1, k)) * c ** (d - 1 - k) * s ** k
     return out
 
 

@@ -171,3 +171,127 @@ def save_sweep_curves(histories: Mapping[str, Sequence[Mapping]], path: str | os
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     return Path(path)
+
+
+def _class_colors(n_classes: int):
+    """Qualitative colours: tab10, tab20, then evenly spaced hues."""
+    from matplotlib import colormaps
+
+    if n_classes <= 10:
+        return [colormaps["tab10"](i) for i in range(n_classes)]
+    if n_classes <= 20:
+        return [colormaps["tab20"](i) for i in range(n_classes)]
+    return [colormaps["hsv"](i / n_classes) for i in range(n_classes)]
+
+
+def _separation_text(scores: Mapping[str, float]) -> str:
+    lines = []
+    if "knn_accuracy_2d" in scores:
+        lines.append(f"2-D: kNN {scores['knn_accuracy_2d']:.2f}, "
+                     f"silhouette {scores['silhouette_2d']:.2f}")
+    if "knn_accuracy" in scores:
+        lines.append(f"layer: kNN {scores['knn_accuracy']:.2f}, "
+                     f"silhouette {scores['silhouette']:.2f}")
+    return "\n".join(lines)
+
+
+def _check_embeddings(embeddings, y) -> tuple[dict, np.ndarray]:
+    if not isinstance(embeddings, Mapping) or not embeddings:
+        raise ValueError(f"embeddings: expected a non-empty mapping of layer name -> (n, 2) "
+                         f"array, got {embeddings!r:.60}")
+    out: dict = {}
+    n = None
+    for name, e in embeddings.items():
+        e = np.asarray(e, np.float64)
+        want = "n" if n is None else str(n)
+        if (e.ndim != 2 or e.shape[1] != 2 or (n is not None and e.shape[0] != n)
+                or not np.all(np.isfinite(e))):
+            raise ValueError(f"embeddings[{name!r}]: expected finite values of shape "
+                             f"({want}, 2), got shape {e.shape}")
+        n = e.shape[0]
+        out[name] = e
+    y = np.asarray(y)
+    if y.shape != (n,):
+        raise ValueError(f"y: expected {n} labels (one per embedded point), got shape "
+                         f"{y.shape}")
+    return out, y
+
+
+def save_tsne_grid(path: str | os.PathLike, embeddings: Mapping[str, np.ndarray],
+                   y: Sequence | np.ndarray,
+                   scores: Mapping[str, Mapping[str, float]] | None = None,
+                   class_names: Sequence[str] | Mapping | None = None,
+                   title: str | None = None, *, dpi: int = 100) -> Path:
+    """One PNG of layer-wise 2-D embeddings: a panel per layer, points coloured by class.
+
+    Parameters
+    ----------
+    path : the ``.png`` file to write; written to a temporary file and renamed into place.
+    embeddings : mapping of layer name -> (n, 2), panels in its order (e.g.
+        :func:`fasttn.analysis.embed_layers`).
+    y : (n,) class labels.
+    scores : mapping of layer name -> separation numbers
+        (:func:`fasttn.analysis.layer_separation`), printed under each panel's name: kNN
+        accuracy and silhouette in the 2-D embedding and in the layer's own space.
+    class_names : legend text per class: a sequence indexed by the sorted class order, or a
+        mapping from label to text. Default: the labels.
+    title : figure title.
+    dpi : resolution of the PNG.
+
+    Returns
+    -------
+    The path written.
+    """
+    Figure, FigureCanvasAgg, _ = _require_matplotlib()
+    from matplotlib.lines import Line2D
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"path: expected a .png file name, got {str(path)!r}")
+    embeddings, y = _check_embeddings(embeddings, y)
+    if scores is not None and not isinstance(scores, Mapping):
+        raise TypeError(f"scores: expected a mapping of layer name -> numbers, got "
+                        f"{type(scores).__name__}")
+    classes, codes = np.unique(y, return_inverse=True)
+    if class_names is None:
+        names = [str(c) for c in classes]
+    elif isinstance(class_names, Mapping):
+        names = [str(class_names.get(c.item(), c)) for c in classes]
+    else:
+        if len(class_names) < len(classes):
+            raise ValueError(f"class_names: expected a name for each of the {len(classes)} "
+                             f"classes, got {len(class_names)}")
+        names = [str(class_names[i]) for i in range(len(classes))]
+    colors = np.array(_class_colors(len(classes)))
+    n_panels = len(embeddings)
+    nrows = math.ceil(n_panels / 5)
+    ncols = math.ceil(n_panels / nrows)
+    panel_in, head_in = 3.0, 0.55
+    legend_in = 0.2 + 0.22 * math.ceil(len(classes) / 10)
+    title_in = 0.45 if title else 0.0
+    fig_h = nrows * (panel_in + head_in) + legend_in + title_in
+    fig = Figure(figsize=(ncols * panel_in, fig_h), dpi=dpi)
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=legend_in / fig_h,
+                        top=1 - (title_in + head_in) / fig_h, wspace=0.05,
+                        hspace=head_in / panel_in)
+    n = len(y)
+    # one scatter in a fixed random order, so that no class is always drawn on top
+    order = np.random.default_rng(0).permutation(n)
+    size = float(np.clip(3000 / n, 2, 30))
+    for k, (name, e) in enumerate(embeddings.items()):
+        ax = fig.add_subplot(nrows, ncols, k + 1)
+        ax.scatter(e[order, 0], e[order, 1], s=size, c=colors[codes[order]], linewidths=0)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        text = _separation_text(scores.get(name, {})) if scores is not None else ""
+        ax.set_title(f"{name}\n{text}" if text else name, fontsize=8, pad=3)
+    handles = [Line2D([], [], linestyle="", marker="o", markersize=6, color=colors[i],
+                      label=names[i]) for i in range(len(classes))]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(classes), 10),
+               frameon=False, fontsize=8, handletextpad=0.2, columnspacing=1.0)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.1 / fig_h, va="top")
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return path

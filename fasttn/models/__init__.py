@@ -4,5 +4,6 @@ from .mera2d import MERA2D
 from .qcnn import QCNN
 from .tnn import TNN
 from .tnn_layers import Dense, TNLayer
+from .ttn2d import TTN2D
 
-__all__ = ["Dense", "Estimator", "MERA2D", "QCNN", "TNLayer", "TNN", "load"]
+__all__ = ["Dense", "Estimator", "MERA2D", "QCNN", "TNLayer", "TNN", "TTN2D", "load"]

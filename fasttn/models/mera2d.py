@@ -17,11 +17,12 @@ import numpy as np
 from .. import ops
 from .._validate import check_choice, check_positive_int
 from ..ops.feature_maps import FEATURE_MAPS, n_channels
-from ..ops.site_norm import site_norm_backward, site_norm_forward
+from ..ops.site_norm import site_norm_backward, site_norm_forward, unit_sites
 from ..train import AdamW, StepLR, loss_fn
 from ..train.loop import fit_loop
 from ..train.stiefel import polar_retract
 from .base import Estimator, register
+from .layer_outputs import gather_layer_outputs
 
 _PARAMS = ("u1", "w", "u2", "top")
 _END_PARAMS = ("u", "top")  # the 2x2 end block of grids whose side is not a power of 4
@@ -41,9 +42,10 @@ class MERA2D(Estimator):
     bond : int, optional
         Dimension of the disentangler legs (default ``chi``).
     feature_map : {"cos_sin", "fourier", "legendre"}
-        Per-pixel map; ``cos_sin`` is [cos(pi x / 2), sin(pi x / 2)].
+        Per-pixel map; ``cos_sin`` is [cos(pi x / 2), sin(pi x / 2)] at its default degree 2.
     n_features : int, optional
-        Channels of the map (2 for ``cos_sin``, else required even for ``fourier``).
+        Channels of the map (default 2 for ``cos_sin``, any degree >= 2 allowed; else 4,
+        required even for ``fourier``).
     constant : bool
         Prepend the constant channel 1 to every site: with the identity initialisation each
         block then starts close to an affine function of its sites, not a product of them.
@@ -190,13 +192,17 @@ class MERA2D(Estimator):
 
     # ------------------------------------------------------------------------ inputs
     # ----------------------------------------------------------------------- compute
-    def _forward_backward(self, X: np.ndarray, y: Optional[np.ndarray]):
+    def _forward_backward(self, X: np.ndarray, y: Optional[np.ndarray],
+                          record: Optional[List[np.ndarray]] = None):
         """Scores (and with labels the loss and the gradients) of a batch of images.
 
         Returns ``(scores, log_scale, loss, grads)``; ``log_scale`` is the per-image log of
-        the factor the normalisations divided out."""
+        the factor the normalisations divided out. A ``record`` list receives the features
+        and then the normalised output of every level but the last (float64)."""
         x = ops.feature_map(np.ascontiguousarray(X, dtype=self.dtype), self.feature_map,
                             self._n_features(), self.constant)
+        if record is not None:
+            record.append(x.astype(np.float64))
         log_scale = np.zeros(X.shape[0])
         tapes, norms = [], []
         for level, prm in enumerate(self.params_):
@@ -210,6 +216,8 @@ class MERA2D(Estimator):
                 x, log_norm, nsaved = site_norm_forward(out)
                 log_scale += log_norm.reshape(X.shape[0], -1).sum(axis=1)
                 norms.append(nsaved)
+                if record is not None:  # normalised again in float64: unit to rounding
+                    record.append(unit_sites(out))
         scores = out.reshape(X.shape[0], self.n_classes).astype(np.float64)
         if y is None:
             return scores, log_scale, None, None
@@ -279,6 +287,39 @@ class MERA2D(Estimator):
         X = self._check_X(X, fitted=True)
         return np.concatenate([self._forward_backward(X[i:i + batch_size], None)[1]
                                for i in range(0, X.shape[0], batch_size)])
+
+    def layer_outputs(self, X: Any, batch_size: int = 64) -> Dict[str, np.ndarray]:
+        """Per-image representation at every layer of the network.
+
+        Parameters
+        ----------
+        X : (n, side, side)
+            Images in [0, 1] of the fitted shape.
+        batch_size : int
+            Images per forward pass; memory is the result plus one batch.
+
+        Returns
+        -------
+        dict of name -> (n, n_features) float64, in network order:
+
+        ``"input"``
+            The feature map of the pixels, row-major, ``side * side * p`` features.
+        ``"level 1"`` ... ``"level n_levels_ - 1"``
+            The output sites of each level but the last, ``(side / 4^l)^2 * chi``
+            features, every site divided by its norm (as the network itself does between
+            levels; a zero site stays zero).
+        ``"scores"``
+            The last level's output: the class scores, equal to :meth:`decision_function`.
+        """
+        self._check_fitted()
+        X = self._check_X(X, fitted=True)
+
+        def forward(start: int, stop: int) -> List[np.ndarray]:
+            record: List[np.ndarray] = []
+            scores = self._forward_backward(X[start:stop], None, record=record)[0]
+            return record + [scores]
+
+        return gather_layer_outputs(X.shape[0], batch_size, forward)
 
     def predict(self, X: Any, batch_size: int = 64) -> np.ndarray:
         """Labels: argmax of the class scores (those of the exact network)."""

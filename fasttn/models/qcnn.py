@@ -15,9 +15,11 @@ from ..backend import array_module, to_numpy
 from .._validate import check_choice, check_positive_int
 from ..ops.feature_maps import FEATURE_MAPS, n_channels
 from ..ops.layout import SITE_ORDERS, site_order
+from ..ops.site_norm import unit_sites, unit_sites_log
 from ..train import AdamW, StepLR, loss_fn
 from ..train.loop import fit_loop
 from .base import Estimator, register
+from .layer_outputs import gather_layer_outputs
 
 DOMAINS = ("auto", "linear", "log")
 
@@ -37,7 +39,8 @@ class QCNN(Estimator):
         the side for 2D pooling).
     feature_map : {"fourier", "legendre", "cos_sin"}
     n_features : int, optional
-        Feature channels before the optional constant (default ``d``; 2 for ``cos_sin``).
+        Feature channels before the optional constant (default ``d``; 2 for ``cos_sin``,
+        whose degree it sets).
     constant : bool
         Add the constant channel f_0 = 1 to the feature map.
     pooling : {"1d", "2d"}
@@ -195,14 +198,18 @@ class QCNN(Estimator):
 
     # ----------------------------------------------------------------------- compute
     def _forward_backward(self, chains: np.ndarray, y: Optional[np.ndarray], training: bool,
-                          domain: str):
+                          domain: str, record: Optional[List[np.ndarray]] = None):
         """Scores for a batch; with labels, also the loss, its gradients and batch stats.
 
         Returns ``(scores, log_scores, loss, grads, used_stats)`` where ``log_scores`` is
-        ``(logabs, sign)`` in the log domain (None in the linear one).
+        ``(logabs, sign)`` in the log domain (None in the linear one). A ``record`` list
+        receives the features and then each pooling level's output with every site
+        divided by its norm, as host float64 arrays.
         """
         x = self._features(chains)
         xp = array_module(x)
+        if record is not None:
+            record.append(to_numpy(x).astype(np.float64))
         win = self.window_
         L = self.n_levels_
         tapes, used = [], []
@@ -215,6 +222,8 @@ class QCNN(Estimator):
                     x, self.weights_[l], self.gammas_[l], self.betas_[l],
                     window=win if l < L else 1, eps=self.eps, training=training, stats=s)
                 tapes.append(saved)
+                if record is not None and l < L:
+                    record.append(to_numpy(unit_sites(x)))
             scores = to_numpy(x[:, 0, :])
             log_scores = None
         elif domain == "scaled":  # inference only: one log-scale per site
@@ -226,6 +235,8 @@ class QCNN(Estimator):
                     x, logscale, self.weights_[l], self.gammas_[l], self.betas_[l],
                     window=win if l < L else 1, eps=self.eps,
                     stats=(self.running_means_[l], self.running_vars_[l]))
+                if record is not None and l < L:  # the log-scale only rescales each site
+                    record.append(to_numpy(unit_sites(x)))
             out, logscale = to_numpy(x[:, 0, :]), to_numpy(logscale[:, :1])
             with np.errstate(divide="ignore"):
                 log_scores = (np.log(np.abs(out)) + logscale, np.sign(out).astype(np.int8))
@@ -242,6 +253,8 @@ class QCNN(Estimator):
                     window=win if l < L else 1, eps=self.eps, training=training, stats=s)
                 tapes.append(saved)
                 used.append(s_used)
+                if record is not None and l < L:
+                    record.append(to_numpy(unit_sites_log(la, sg)))
             log_scores = (to_numpy(la[:, 0, :]), to_numpy(sg[:, 0, :]))
             with np.errstate(over="ignore"):
                 # (batch, classes): losses and metrics run on the host
@@ -414,6 +427,42 @@ class QCNN(Estimator):
         if log:
             return np.concatenate(outs_la), np.concatenate(outs_sg)
         return np.concatenate(outs).astype(np.float64)
+
+    def layer_outputs(self, X: Any, batch_size: int = 256) -> Dict[str, np.ndarray]:
+        """Per-image representation at every layer, in the arithmetic :meth:`predict` uses.
+
+        Parameters
+        ----------
+        X : (n, height, width)
+            Images in [0, 1] of the fitted shape.
+        batch_size : int
+            Images per forward pass; memory is the result plus one batch.
+
+        Returns
+        -------
+        dict of name -> (n, n_features) float64, in network order:
+
+        ``"input"``
+            The feature map of the (padded) pixels in the model's site order,
+            ``n_features = sites * channels``.
+        ``"level 1"`` ... ``"level L"``
+            The output of each pooling level, ``sites_per_level_[l] * widths_[l - 1]``
+            features, every site divided by its norm (a zero site stays zero): the
+            levels' scales differ by many orders of magnitude, their directions do not.
+        ``"scores"``
+            The class scores, equal to :meth:`decision_function`.
+        """
+        self._check_fitted()
+        X = self._check_X(X, fitted=True)
+        domain = self._predict_domain()
+
+        def forward(start: int, stop: int) -> List[np.ndarray]:
+            record: List[np.ndarray] = []
+            scores = self._forward_backward(self._sites(X[start:stop]), None, False, domain,
+                                            record=record)[0]
+            return record + [scores]
+
+        return gather_layer_outputs(X.shape[0], batch_size, forward)
 
     def predict(self, X: Any, batch_size: int = 256) -> np.ndarray:
         """Labels: argmax |alpha_y| (square loss, eq. 35) or argmax alpha_y (cross-entropy)."""

@@ -35,3 +35,28 @@ def site_norm_backward(saved: Any, g_y: Any, g_log_norm: Any = None) -> Any:
     if g_log_norm is not None:
         proj = proj - g_log_norm
     return ((g_y - y * proj[..., None]) / norm[..., None]).astype(y.dtype)
+
+
+def unit_sites(x: Any) -> Any:
+    """``x / |x|`` along the last axis, float64; a site of zeros stays zero.
+
+    Divides by the site's largest magnitude first, so that sites whose squares would
+    overflow (a deep hierarchy evaluated in the linear domain) still give unit vectors."""
+    xp = array_module(x)
+    x = x.astype(xp.float64)
+    peak = xp.max(xp.abs(x), axis=-1, keepdims=True)
+    y = x / xp.where(peak > 0, peak, 1.0)
+    norm = xp.sqrt(xp.sum(y * y, axis=-1, keepdims=True))
+    return y / xp.where(norm > 0, norm, 1.0)
+
+
+def unit_sites_log(logabs: Any, sign: Any) -> Any:
+    """Unit site vectors of ``sign * exp(logabs)`` (the log domain), float64.
+
+    Each site is shifted by its largest ``logabs`` before exponentiating, so no
+    ``exp(logabs)`` is ever formed: finite for log-magnitudes of any size."""
+    xp = array_module(logabs)
+    logabs = logabs.astype(xp.float64)
+    shift = xp.max(logabs, axis=-1, keepdims=True)
+    shift = xp.where(xp.isfinite(shift), shift, 0.0)  # an all-zero site (log 0 = -inf)
+    return unit_sites(sign * xp.exp(logabs - shift))

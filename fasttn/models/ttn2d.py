@@ -1,0 +1,386 @@
+"""2D tree tensor network classifier (Liu et al.): feature map -> levels of 2x2 -> 1 tree
+nodes -> class scores.
+
+Every pixel becomes the degree-``d`` cos/sin vector, then each level contracts every 2x2
+block of sites into one site of dimension ``chi`` with its own tensor
+(``fasttn.ops.tree_node``), until one site remains: the class scores. Between levels every
+site is divided by its norm and the log of the norm is tracked (each node is linear in each
+of its sites, so the exact network output is the scores times ``exp(log_scale)`` per image).
+
+Two heads: ``top="multiclass"``, one tree whose last tensor outputs ``n_classes`` scores, or
+``top="ovr"``, one binary tree per class (the reference's one-vs-rest set-up), whose class
+score is the tree's "yes" output minus its "no" output. The ``ovr`` trees are stacked along
+the grid's height and run as one tree layer per level.
+
+Two solvers: ``adam`` (backpropagation, softmax cross-entropy) and ``sweep``, the reference's
+isometric update. Level by level from the bottom, the environment of every tensor (the
+derivative of the fidelity ``sum_n <label_n | out_n>`` with respect to that tensor, the
+normalisations held fixed, summed over the training images) is computed, and the tensor is
+set to ``U V^T`` from its SVD ``E = U S V^T``, the isometry that maximises the fidelity with
+the rest of the network fixed. All tensors of a level are updated together (their inputs do
+not overlap), the SVDs of a level as one stack through ``fasttn.ops.svd_truncate``.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .. import ops
+from .._validate import check_choice, check_positive_int
+from ..ops.site_norm import site_norm_backward, site_norm_forward, unit_sites
+from ..train import AdamW, StepLR
+from ..train.loop import fit_loop
+from ..train.losses import cross_entropy_loss
+from ..train.stiefel import isometry_error
+from .base import Estimator, register
+from .layer_outputs import gather_layer_outputs
+
+TOPS = ("multiclass", "ovr")
+SOLVERS = ("adam", "sweep")
+_SWEEP_CHUNK = 1024  # images per environment pass: bounds the memory of a sweep
+
+
+@register
+class TTN2D(Estimator):
+    """Tree tensor network on square images whose side is a power of 2.
+
+    Parameters
+    ----------
+    n_classes : int
+    chi : int or sequence of int
+        Bond dimension of the output sites of every level but the last (one value, or one per
+        level from the bottom).
+    d : int
+        Degree of the cos/sin feature map (``d = 2``: [cos(pi x / 2), sin(pi x / 2)]).
+    top : {"multiclass", "ovr"}
+        One tree with ``n_classes`` outputs, or one binary tree per class.
+    solver : {"adam", "sweep"}
+        Backpropagation with AdamW, or the isometric environment-SVD sweep (``epochs``
+        sweeps over the levels, bottom to top).
+    lr, weight_decay, lr_step, lr_gamma : float, float, int, float
+        AdamW; the learning rate is multiplied by ``lr_gamma`` every ``lr_step`` epochs.
+    batch_size, epochs : int
+    init_scale : float
+        Gaussian initialisation, each tensor then made an isometry (its polar factor) and
+        multiplied by ``init_scale``.
+    dtype : {"float32", "float64"}
+    random_state : int, optional
+    verbose : int
+    """
+
+    _FITTED_ATTR = "weights_"
+
+    def __init__(self, n_classes: int = 10, chi: Union[int, Sequence[int]] = 4, d: int = 2,
+                 top: str = "multiclass", solver: str = "adam", lr: float = 0.01,
+                 weight_decay: float = 0.0, lr_step: int = 10, lr_gamma: float = 0.5,
+                 batch_size: int = 64, epochs: int = 10, init_scale: float = 1.0,
+                 dtype: str = "float32", random_state: Optional[int] = None,
+                 verbose: int = 0):
+        self.n_classes = n_classes
+        self.chi = chi
+        self.d = d
+        self.top = top
+        self.solver = solver
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.lr_step = lr_step
+        self.lr_gamma = lr_gamma
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.init_scale = init_scale
+        self.dtype = dtype
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ configuration
+    def _check_config(self) -> None:
+        self._check_classifier_config()
+        check_positive_int("d", self.d)
+        ops.feature_maps.n_channels("cos_sin", self.d, False)
+        check_choice("top", self.top, TOPS)
+        check_choice("solver", self.solver, SOLVERS)
+        chis = [self.chi] if np.isscalar(self.chi) else list(self.chi)
+        if not chis:
+            raise ValueError("chi: expected a positive integer or a non-empty list of them")
+        for c in chis:
+            check_positive_int("chi", c)
+
+    def _setup(self, image_shape: Tuple[int, int]) -> None:
+        h, w = image_shape
+        if h != w or h < 2 or h & (h - 1):
+            raise ValueError(f"X: expected square images whose side is a power of 2 (2, 4, 8, "
+                             f"..., 1024), got {h}x{w}; pad or resize them")
+        levels = h.bit_length() - 1
+        chis = [int(self.chi)] * (levels - 1) if np.isscalar(self.chi) else [int(c) for c in
+                                                                            self.chi]
+        if len(chis) != levels - 1:
+            raise ValueError(f"chi: expected one bond dimension per level below the top "
+                             f"({levels - 1} for {h}x{w} images), got {len(chis)}")
+        self.image_shape_ = (h, w)
+        self.n_levels_ = levels
+        self.n_trees_ = self.n_classes if self.top == "ovr" else 1
+        d_top = 2 if self.top == "ovr" else self.n_classes
+        self.site_dims_ = [int(self.d)] + chis + [d_top]  # site dimension entering each level
+        self.n_features_in_ = h * w
+
+    def _weight_shape(self, level: int) -> Tuple[int, ...]:
+        side = self.image_shape_[0] >> (level + 1)
+        p, out = self.site_dims_[level], self.site_dims_[level + 1]
+        return (self.n_trees_ * side, side, p, p, p, p, out)
+
+    def _init_params(self, rng: np.random.Generator) -> None:
+        dt = np.dtype(self.dtype)
+        self.weights_: List[np.ndarray] = []
+        for level in range(self.n_levels_):
+            shape = self._weight_shape(level)
+            t = rng.standard_normal(shape)
+            self.weights_.append((self.init_scale * _polar(t)).astype(dt))
+
+    @property
+    def n_params_(self) -> int:
+        return int(sum(w.size for w in self.weights_))
+
+    # ----------------------------------------------------------------------- compute
+    def _features(self, X: np.ndarray) -> np.ndarray:
+        """``(n, trees * H, W, d)``: the feature map, repeated once per tree."""
+        x = ops.feature_map(np.ascontiguousarray(X, dtype=self.dtype), "cos_sin", self.d)
+        return np.concatenate([x] * self.n_trees_, axis=1) if self.n_trees_ > 1 else x
+
+    def _forward(self, X: np.ndarray, keep_sites: bool = False):
+        """``(out, tapes, norms, log_scale, sites)``: the top output ``(n, trees, 1, d_top)``,
+        the saved state of every level, the log-norm tracking, and (with ``keep_sites``)
+        every level's normalised output."""
+        x = self._features(X)
+        n = X.shape[0]
+        log_scale = np.zeros((n, self.n_trees_))
+        tapes, norms, sites = [], [], []
+        for level, w in enumerate(self.weights_):
+            out, saved = ops.tree_node_forward(x, w)
+            tapes.append(saved)
+            if level < self.n_levels_ - 1:
+                x, log_norm, nsaved = site_norm_forward(out)
+                log_scale += log_norm.reshape(n, self.n_trees_, -1).sum(axis=2)
+                norms.append(nsaved)
+                if keep_sites:
+                    sites.append(x)
+        return out, tapes, norms, (log_scale if self.n_trees_ > 1 else log_scale[:, 0]), sites
+
+    def _backward(self, tapes, norms, g: np.ndarray, down_to: int = 0,
+                  frozen_norms: bool = False) -> List[Optional[np.ndarray]]:
+        """Weight gradients of levels ``down_to..top`` from ``g = dL/d out``. With
+        ``frozen_norms`` the normalisations count as constants (the sweep's environments)."""
+        grads: List[Optional[np.ndarray]] = [None] * self.n_levels_
+        for level in range(self.n_levels_ - 1, down_to - 1, -1):
+            g_x, grads[level] = ops.tree_node_backward(tapes[level], g,
+                                                       need_g_x=level > down_to)
+            tapes[level] = None
+            if level > down_to:
+                norm = norms[level - 1][1]
+                g = ((g_x / norm[..., None]).astype(g_x.dtype) if frozen_norms
+                     else site_norm_backward(norms[level - 1], g_x))
+        return grads
+
+    def _scores(self, out: np.ndarray) -> np.ndarray:
+        out = out.astype(np.float64)
+        if self.top == "ovr":
+            return out[:, :, 0, 1] - out[:, :, 0, 0]
+        return out.reshape(out.shape[0], self.n_classes)
+
+    def _loss(self, out: np.ndarray, y: np.ndarray) -> Tuple[float, np.ndarray]:
+        """Mean softmax cross-entropy (summed over the binary trees with ``ovr``) and its
+        gradient with respect to ``out``."""
+        n = out.shape[0]
+        if self.top == "ovr":
+            pairs = out.reshape(n * self.n_trees_, 2)
+            yes = (y[:, None] == np.arange(self.n_trees_)).astype(np.int64).reshape(-1)
+            loss, g = cross_entropy_loss(pairs, yes)
+            return loss * self.n_trees_, (g * self.n_trees_).reshape(out.shape)
+        loss, g = cross_entropy_loss(out.reshape(n, self.n_classes), y)
+        return loss, g.reshape(out.shape)
+
+    def _target(self, y: np.ndarray, dtype) -> np.ndarray:
+        """The label states ``|label_n>`` in the shape of the top output."""
+        n = y.shape[0]
+        if self.top == "ovr":
+            t = np.zeros((n, self.n_trees_, 1, 2), dtype)
+            t[:, :, 0, 1] = y[:, None] == np.arange(self.n_trees_)
+            t[:, :, 0, 0] = 1 - t[:, :, 0, 1]
+            return t
+        t = np.zeros((n, 1, 1, self.n_classes), dtype)
+        t[np.arange(n), 0, 0, y] = 1
+        return t
+
+    def _forward_backward(self, X: np.ndarray, y: np.ndarray):
+        out, tapes, norms, _, _ = self._forward(X)
+        loss, g = self._loss(out, y)
+        grads = self._backward(tapes, norms, g.astype(self.dtype))
+        return self._scores(out), loss, grads
+
+    # ------------------------------------------------------------------------ training
+    def fit(self, X: Any, y: Any, *, epochs: Optional[int] = None,
+            batch_size: Optional[int] = None,
+            validation_data: Optional[Tuple[Any, Any]] = None,
+            warm_start: bool = False) -> "TTN2D":
+        """Train on images ``X : (n, side, side)`` in [0, 1] with labels ``y``.
+
+        ``epochs`` counts passes of AdamW (``solver="adam"``) or isometric sweeps
+        (``solver="sweep"``).
+
+        Returns
+        -------
+        self, with ``history_`` (one dict per epoch or sweep: loss or fidelity, accuracy,
+        seconds, and ``val_accuracy`` with ``validation_data``).
+        """
+        X, y, epochs, batch_size, rng = self._start_fit(X, y, epochs, batch_size, warm_start)
+        hooks = []
+        if validation_data is not None:
+            Xv, yv = validation_data
+            hooks.append(lambda epoch, rec: {"val_accuracy": self.score(Xv, yv)})
+        start = len(self.history_)
+        if self.solver == "sweep":
+            hist = self._fit_sweeps(X, y, epochs, hooks)
+        else:
+            opt = AdamW(self.weights_, lr=self.lr, weight_decay=self.weight_decay)
+            sched = StepLR(opt, step_size=self.lr_step, gamma=self.lr_gamma)
+
+            def step(idx):
+                scores, loss, grads = self._forward_backward(X[idx], y[idx])
+                opt.step(grads)
+                return loss, int(np.sum(np.argmax(scores, axis=1) == y[idx]))
+
+            hist = fit_loop(step, len(y), epochs=epochs, batch_size=batch_size, rng=rng,
+                            set_epoch=lambda e: sched.set_epoch(start + e),
+                            end_of_epoch=hooks, verbose=self.verbose, desc="TTN2D")
+        for rec in hist:
+            rec["epoch"] += start
+        self.history_.extend(hist)
+        return self
+
+    def environments(self, X: Any, y: Any, level: int) -> np.ndarray:
+        """The environment of every tensor of ``level``: the derivative of the fidelity
+        ``sum_n <label_n | out_n>`` with respect to it, the normalisations held fixed,
+        summed over the images (float64, the shape of the level's weights)."""
+        self._check_fitted()
+        X = self._check_X(X, fitted=True)
+        y = np.asarray(y, np.int64)
+        env = np.zeros(self.weights_[level].shape)
+        for i in range(0, X.shape[0], _SWEEP_CHUNK):
+            Xc, yc = X[i:i + _SWEEP_CHUNK], y[i:i + _SWEEP_CHUNK]
+            out, tapes, norms, _, _ = self._forward(Xc)
+            grads = self._backward(tapes, norms, self._target(yc, out.dtype), down_to=level,
+                                   frozen_norms=True)
+            env += grads[level]
+        return env
+
+    def _fit_sweeps(self, X: np.ndarray, y: np.ndarray, sweeps: int, hooks) -> List[Dict]:
+        history = []
+        for sweep in range(sweeps):
+            t0 = time.perf_counter()
+            bar = tqdm(range(self.n_levels_), desc=f"TTN2D sweep {sweep + 1}/{sweeps}",
+                       disable=self.verbose <= 0, leave=False, file=sys.stderr, unit="level")
+            for level in bar:
+                env = self.environments(X, y, level)
+                self.weights_[level][...] = _polar(env)
+            fidelity, correct = 0.0, 0
+            for i in range(0, X.shape[0], _SWEEP_CHUNK):
+                out = self._forward(X[i:i + _SWEEP_CHUNK])[0]
+                fidelity += float(np.sum(out * self._target(y[i:i + _SWEEP_CHUNK], out.dtype)))
+                correct += int(np.sum(np.argmax(self._scores(out), axis=1)
+                                      == y[i:i + _SWEEP_CHUNK]))
+            record = {"epoch": sweep + 1, "fidelity": fidelity / X.shape[0],
+                      "accuracy": correct / X.shape[0], "seconds": time.perf_counter() - t0}
+            for fn in hooks:
+                record.update(fn(sweep, record) or {})
+            history.append(record)
+            if self.verbose > 0:
+                tqdm.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                     for k, v in record.items()), file=sys.stdout)
+        return history
+
+    def isometry_errors(self) -> List[float]:
+        """``max |T^T T - I|`` over the tensors of each level (viewed as inputs x output)."""
+        self._check_fitted()
+        errs = []
+        for w in self.weights_:
+            mats = w.reshape(-1, w.shape[2] ** 4, w.shape[-1])
+            errs.append(max(isometry_error(m) for m in mats))
+        return errs
+
+    # ------------------------------------------------------------------------ public
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "weights_"):
+            raise ValueError(f"{type(self).__name__} is not fitted yet; call fit first")
+
+    def _batched(self, X: Any, batch_size: int, fn) -> np.ndarray:
+        self._check_fitted()
+        X = self._check_X(X, fitted=True)
+        check_positive_int("batch_size", batch_size)
+        return np.concatenate([fn(X[i:i + batch_size])
+                               for i in range(0, X.shape[0], batch_size)])
+
+    def decision_function(self, X: Any, batch_size: int = 256) -> np.ndarray:
+        """Class scores ``(n, n_classes)``: the top output (``ovr``: each tree's "yes"
+        minus its "no"), of the network divided by ``exp(log_scale)`` per image."""
+        return self._batched(X, batch_size, lambda b: self._scores(self._forward(b)[0]))
+
+    def log_scale(self, X: Any, batch_size: int = 256) -> np.ndarray:
+        """Log of the factor the normalisations divided out: ``(n,)``, or ``(n, n_classes)``
+        with ``ovr`` (one factor per tree). The exact network's top output is the
+        normalised one times ``exp(log_scale)``."""
+        return self._batched(X, batch_size, lambda b: self._forward(b)[3])
+
+    def predict(self, X: Any, batch_size: int = 256) -> np.ndarray:
+        """Labels: argmax of the class scores."""
+        return np.argmax(self.decision_function(X, batch_size), axis=1)
+
+    def layer_outputs(self, X: Any, batch_size: int = 256) -> Dict[str, np.ndarray]:
+        """Each layer's representation of every image, flattened, float64.
+
+        Returns
+        -------
+        dict, in network order: ``"input"`` (the feature-mapped pixels), ``"level 1"`` ...
+        ``"level L-1"`` (each level's normalised output sites; with ``ovr`` the trees side
+        by side), ``"scores"`` (as :meth:`decision_function`).
+        """
+        self._check_fitted()
+        X = self._check_X(X, fitted=True)
+
+        def forward(start: int, stop: int) -> List[np.ndarray]:
+            b = X[start:stop]
+            out, _, _, _, sites = self._forward(b, keep_sites=True)
+            feats = ops.feature_map(np.ascontiguousarray(b, dtype=self.dtype), "cos_sin", self.d)
+            return [feats] + [unit_sites(s) for s in sites] + [self._scores(out)]
+
+        return gather_layer_outputs(X.shape[0], batch_size, forward)
+
+    # ------------------------------------------------------------------- checkpoints
+    def _state_arrays(self) -> Dict[str, np.ndarray]:
+        return {f"w{level}": w for level, w in enumerate(self.weights_)}
+
+    def _state_meta(self) -> Dict[str, Any]:
+        return {"image_shape": list(self.image_shape_), "history": self.history_}
+
+    def _set_state(self, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> None:
+        self._check_config()
+        self._setup(tuple(meta["image_shape"]))
+        self.weights_ = []
+        for level in range(self.n_levels_):
+            a = arrays[f"w{level}"]
+            shape = self._weight_shape(level)
+            if a.shape != shape:
+                raise ValueError(f"checkpoint: w{level} has shape {a.shape}, expected {shape}")
+            self.weights_.append(a)
+        self.history_ = meta.get("history", [])
+
+
+def _polar(t: np.ndarray) -> np.ndarray:
+    """The polar factor ``U V^T`` of every tensor of a level, viewed as (p^4, out) matrices,
+    as one stacked SVD (float64)."""
+    shape = t.shape
+    mats = np.asarray(t, np.float64).reshape(-1, shape[2] ** 4, shape[-1])
+    split = ops.svd_truncate(mats, absorb="none")
+    return np.matmul(split.left, split.right).reshape(shape)

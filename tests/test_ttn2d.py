@@ -1,0 +1,215 @@
+"""TTN2D: exactness against one brute-force einsum of the whole tree, gradients against
+finite differences, the isometric sweep, training on real data, checkpoints, bad input."""
+import cotengra as ctg
+import numpy as np
+import pytest
+
+import fasttn
+from fasttn import TTN2D
+from fasttn.data.tasks import load_task
+from fasttn.ops import feature_map
+from fasttn.plan import contract
+
+from conftest import check_gradient
+
+
+def _fitted(rng, side=4, n_classes=3, epochs=1, n=12, **kw):
+    kw.setdefault("dtype", "float64")
+    X = rng.random((n, side, side))
+    y = np.arange(n) % n_classes
+    return TTN2D(n_classes, epochs=epochs, batch_size=4, random_state=0, **kw).fit(X, y), X, y
+
+
+def _whole_tree(model, X, einsum):
+    """The network as one einsum over every pixel vector and every tensor (no
+    normalisation): ``(n, trees, d_top)``."""
+    side = X.shape[1]
+    phi = feature_map(X.astype(np.float64), "cos_sin", model.d)
+    batch, label = ctg.get_symbol(0), ctg.get_symbol(1)
+    outs = []
+    for tree in range(model.n_trees_):
+        sym = iter(ctg.get_symbol(i) for i in range(2, 10 ** 4))
+        terms, operands = [], []
+        legs = np.array([[next(sym) for _ in range(side)] for _ in range(side)])
+        for r in range(side):
+            for c in range(side):
+                terms.append(batch + legs[r, c])
+                operands.append(phi[:, r, c])
+        for level, w in enumerate(model.weights_):
+            half = legs.shape[0] // 2
+            up = np.array([[next(sym) for _ in range(half)] for _ in range(half)])
+            if level == model.n_levels_ - 1:
+                up[0, 0] = label
+            for i in range(half):
+                for j in range(half):
+                    terms.append(legs[2 * i, 2 * j] + legs[2 * i, 2 * j + 1]
+                                 + legs[2 * i + 1, 2 * j] + legs[2 * i + 1, 2 * j + 1] + up[i, j])
+                    operands.append(w[tree * half + i, j].astype(np.float64))
+            legs = up
+        outs.append(einsum(",".join(terms) + "->" + batch + label, *operands))
+    return np.stack(outs, axis=1)
+
+
+def _exact_top(model, X):
+    """The model's top output times exp(log_scale): the unnormalised network."""
+    out, *_ = model._forward(X)
+    scale = model.log_scale(X)
+    scale = scale[:, None] if scale.ndim == 1 else scale
+    return out[:, :, 0, :].astype(np.float64) * np.exp(scale)[:, :, None]
+
+
+@pytest.mark.parametrize("top", ["multiclass", "ovr"])
+@pytest.mark.parametrize("d", [2, 3])
+def test_tree_equals_numpy_einsum_on_4x4(rng, top, d):
+    model, X, _ = _fitted(rng, side=4, chi=3, d=d, top=top)
+    # numpy.einsum along a cotengra path (numpy's own path search stalls on 21 operands)
+    expected = _whole_tree(model, X, contract)
+    np.testing.assert_allclose(_exact_top(model, X), expected, rtol=1e-10,
+                               atol=1e-12 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("top", ["multiclass", "ovr"])
+def test_tree_equals_brute_force_on_8x8(rng, top):
+    model, X, _ = _fitted(rng, side=8, chi=[3, 2], top=top, n_classes=2)
+    expected = _whole_tree(model, X[:4], ctg.einsum)
+    np.testing.assert_allclose(_exact_top(model, X[:4]), expected, rtol=1e-9,
+                               atol=1e-12 * np.abs(expected).max())
+    if top == "ovr":  # class score: each tree's "yes" minus its "no" (normalised)
+        s = model.decision_function(X[:4])
+        out = model._forward(X[:4])[0][:, :, 0, :]
+        np.testing.assert_allclose(s, out[..., 1] - out[..., 0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("top", ["multiclass", "ovr"])
+def test_gradients_match_finite_differences(rng, top):
+    model, X, y = _fitted(rng, side=8, chi=[3, 2], top=top, n_classes=3)
+    _, _, grads = model._forward_backward(X, y)
+    for level in range(model.n_levels_):
+        w = model.weights_[level]
+        saved = w.copy()
+
+        def loss(v, level=level):
+            model.weights_[level] = v
+            out = model._forward(X)[0]
+            model.weights_[level] = saved
+            return model._loss(out, y)[0]
+
+        check_gradient(loss, saved, grads[level], rng, n_dirs=2)
+
+
+def test_sweep_keeps_tensors_isometric_and_raises_fidelity(rng):
+    X, y, _, _ = load_task("digits", size=8)
+    X, y = X[:300], y[:300]
+    model = TTN2D(10, chi=4, solver="sweep", epochs=3, dtype="float64", random_state=0)
+    model.fit(X, y)
+    assert max(model.isometry_errors()) <= 1e-8
+    fid = [r["fidelity"] for r in model.history_]
+    assert fid[-1] > fid[0] > 0
+    assert model.history_[-1]["accuracy"] > 0.5
+    # every level's tensors maximise tr(T^T E) over isometries: the sum of E's singular values
+    for level in range(model.n_levels_):
+        env = model.environments(X, y, level)
+        p4 = env.shape[2] ** 4
+        e = env.reshape(-1, p4, env.shape[-1])
+        w = model.weights_[level].reshape(e.shape)
+        achieved = np.einsum("kij,kij->k", w, e)
+        best = np.linalg.svd(e, compute_uv=False).sum(axis=1)
+        if level == model.n_levels_ - 1:  # the last level updated: exactly the maximum
+            np.testing.assert_allclose(achieved, best, rtol=1e-8)
+        assert np.all(achieved <= best * (1 + 1e-8))
+
+
+def test_top_environment_is_the_fidelity_gradient(rng):
+    model, X, y = _fitted(rng, side=8, chi=[3, 2], n_classes=3)
+    top = model.n_levels_ - 1
+    env = model.environments(X, y, top)
+    saved = model.weights_[top].copy()
+
+    def fidelity(v):
+        model.weights_[top] = v
+        out = model._forward(X)[0]
+        model.weights_[top] = saved
+        return float(np.sum(out * model._target(y, out.dtype)))
+
+    check_gradient(fidelity, saved, env, rng)
+
+
+def test_digits_adam_and_save_load(rng, tmp_path):
+    X_tr, y_tr, X_te, y_te = load_task("digits", size=8)
+    model = TTN2D(10, chi=8, epochs=12, lr=0.02, batch_size=32, random_state=0)
+    model.fit(X_tr, y_tr)
+    acc = model.score(X_te, y_te)
+    assert acc >= 0.9, acc
+    path = tmp_path / "ttn.npz"
+    model.save(path)
+    again = fasttn.load(path)
+    assert isinstance(again, TTN2D)
+    np.testing.assert_array_equal(again.decision_function(X_te), model.decision_function(X_te))
+    assert again.history_ == model.history_
+
+
+def test_ovr_trees_train(rng):
+    X_tr, y_tr, X_te, y_te = load_task("digits", size=8)
+    model = TTN2D(10, chi=6, top="ovr", epochs=8, lr=0.02, batch_size=32, random_state=0)
+    model.fit(X_tr, y_tr)
+    assert model.score(X_te, y_te) >= 0.85
+
+
+def test_layer_outputs(rng):
+    model, X, _ = _fitted(rng, side=8, chi=[3, 2], n_classes=3, top="ovr")
+    outs = model.layer_outputs(X, batch_size=5)
+    assert list(outs) == ["input", "level 1", "level 2", "scores"]
+    n = X.shape[0]
+    assert outs["input"].shape == (n, 64 * 2)
+    assert outs["level 1"].shape == (n, 3 * 16 * 3)
+    assert outs["level 2"].shape == (n, 3 * 4 * 2)
+    np.testing.assert_allclose(outs["scores"], model.decision_function(X))
+    sites = outs["level 1"].reshape(n, -1, 3)
+    np.testing.assert_allclose(np.linalg.norm(sites, axis=-1), 1.0, rtol=1e-12)
+
+
+def test_finite_at_1024():
+    """Depth 10: the exact network's value under/overflows, the tracked form stays finite."""
+    rng = np.random.default_rng(1)
+    X = rng.random((2, 1024, 1024)).astype(np.float32)
+    model = TTN2D(2, chi=2, random_state=0)
+    model._check_config()
+    model._setup((1024, 1024))
+    model._init_params(rng)
+    model.history_ = []
+    scores = model.decision_function(X)
+    scale = model.log_scale(X)
+    assert np.all(np.isfinite(scores)) and np.all(np.isfinite(scale))
+    assert np.abs(scale).max() > 100  # exp of it would over- or underflow float32
+    _, _, grads = model._forward_backward(X, np.array([0, 1]))
+    assert all(np.all(np.isfinite(g)) for g in grads)
+
+
+@pytest.mark.parametrize("kwargs,shape,match", [
+    ({}, (4, 6, 6), "power of 2"),
+    ({}, (4, 8, 4), "square"),
+    ({"chi": [2, 2, 2]}, (4, 8, 8), "chi: expected one bond dimension per level"),
+    ({"chi": 0}, (4, 8, 8), "chi"),
+    ({"top": "tree"}, (4, 8, 8), "top"),
+    ({"solver": "dmrg"}, (4, 8, 8), "solver"),
+    ({"d": 1}, (4, 8, 8), "n_features|d"),
+])
+def test_bad_configuration(rng, kwargs, shape, match):
+    with pytest.raises(ValueError, match=match):
+        TTN2D(2, epochs=1, **kwargs).fit(rng.random(shape), np.array([0, 1, 0, 1]))
+
+
+def test_bad_input(rng):
+    model, X, y = _fitted(rng, side=4, chi=2, n_classes=2)
+    with pytest.raises(ValueError, match="not fitted"):
+        TTN2D(2).predict(X)
+    with pytest.raises(ValueError, match=r"X: expected images of shape \(4, 4\)"):
+        model.predict(rng.random((3, 8, 8)))
+    with pytest.raises(ValueError, match=r"X: expected pixel values in \[0, 1\]"):
+        model.predict(X * 3)
+    bad = X.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="X"):
+        model.predict(bad)
+    with pytest.raises(ValueError, match="y: expected labels in"):
+        TTN2D(2, epochs=1).fit(X, np.arange(X.shape[0]))

@@ -58,6 +58,7 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_train_qcnn)
     _add_train_mera(models)
     _add_train_tnn(models)
+    _add_train_ttn(models)
 
 
 def _add_train_tnn(models: argparse._SubParsersAction) -> None:
@@ -159,6 +160,98 @@ def _train_tnn(args: argparse.Namespace) -> int:
 
         save_sweep_curves(histories, args.plot, title=f"TNN on {args.task}")
         print(f"wrote {args.plot}")
+    if args.out:
+        model.save(args.out)
+        print(f"saved {args.out}")
+    return 0
+
+
+def _add_train_ttn(models: argparse._SubParsersAction) -> None:
+    q = models.add_parser("ttn", help="2D tree tensor network (Liu et al.) on a named dataset",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_image_data_options(q)
+    q.add_argument("--chi", default="8",
+                   help="bond dimension of the level outputs: one value, or one per level "
+                        "below the top, comma-separated")
+    q.add_argument("--d", type=int, default=2, help="degree of the cos/sin feature map")
+    q.add_argument("--top", default="multiclass", choices=["multiclass", "ovr"],
+                   help="one tree with a class output, or one binary tree per class")
+    q.add_argument("--solver", default="adam", choices=["adam", "sweep"],
+                   help="backpropagation, or isometric environment-SVD sweeps")
+    q.add_argument("--epochs", type=int, default=4, help="epochs (Adam) or sweeps")
+    q.add_argument("--batch-size", type=int, default=64)
+    q.add_argument("--lr", type=float, default=0.005)
+    q.add_argument("--lr-step", type=int, default=2)
+    q.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", default=None, help="save the trained model here (.npz)")
+    q.add_argument("--history", default=None, help="write the per-epoch history here (JSON)")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=_train_ttn)
+
+
+def _add_image_data_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--dataset", default="digits",
+                   choices=["digits", "fashion-mnist", "mnist", "needle"],
+                   help="digits is embedded (scikit-learn); the IDX sets come from "
+                        "--data-dir, $FASTTN_DATA_DIR or /usr/share/datasets")
+    q.add_argument("--size", type=int, default=None,
+                   help="resize to SIZE x SIZE, a power of 2 (default: 8 for digits, 16 for "
+                        "the IDX sets, 128 for needle)")
+    q.add_argument("--classes", default=None,
+                   help="keep only these labels, comma-separated (relabelled 0, 1, ... in "
+                        "this order), e.g. 0,6 for T-shirt vs shirt")
+    q.add_argument("--n-train", type=int, default=None, help="use the first N training images")
+    q.add_argument("--n-test", type=int, default=None, help="use the first N test images")
+    q.add_argument("--data-dir", default=None)
+
+
+def _image_task(args: argparse.Namespace, size=None):
+    """``(X_train, y_train, X_test, y_test)`` from the shared data options."""
+    from fasttn.data import load_task, select_classes
+
+    if size is None:
+        size = args.size or {"digits": None, "needle": 128}.get(args.dataset, 16)
+    X_tr, y_tr, X_te, y_te = load_task(args.dataset, size=size, data_dir=args.data_dir,
+                                       seed=args.seed)
+    if args.classes:
+        classes = [int(c) for c in args.classes.split(",")]
+        X_tr, y_tr = select_classes(X_tr, y_tr, classes)
+        X_te, y_te = select_classes(X_te, y_te, classes)
+    return X_tr[:args.n_train], y_tr[:args.n_train], X_te[:args.n_test], y_te[:args.n_test]
+
+
+def _train_ttn(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    import fasttn
+
+    X_tr, y_tr, X_te, y_te = _image_task(args)
+    chi = [int(c) for c in args.chi.split(",")]
+    n_classes = max(int(max(y_tr.max(), y_te.max())) + 1, 2)
+    model = fasttn.TTN2D(n_classes=n_classes, chi=chi[0] if len(chi) == 1 else chi, d=args.d,
+                         top=args.top, solver=args.solver, lr=args.lr, lr_step=args.lr_step,
+                         batch_size=args.batch_size, epochs=args.epochs, dtype=args.dtype,
+                         random_state=args.seed, verbose=0 if args.quiet else 1)
+    print(f"TTN2D on {args.dataset}{' classes ' + args.classes if args.classes else ''}: "
+          f"{len(y_tr)} train / {len(y_te)} test images of {X_tr.shape[1]}x{X_tr.shape[2]}; "
+          f"{model!r}")
+    t0 = time.perf_counter()
+    model.fit(X_tr, y_tr)
+    seconds = time.perf_counter() - t0
+    print(f"parameters {model.n_params_}  levels {model.n_levels_}  train time {seconds:.1f} s  "
+          f"train accuracy {model.score(X_tr, y_tr):.4f}  test accuracy "
+          f"{model.score(X_te, y_te):.4f}")
+    if args.solver == "sweep":
+        print(f"isometry error per level: "
+              + " ".join(f"{e:.1e}" for e in model.isometry_errors()))
+    if args.history:
+        from fasttn._atomic import atomic_file
+
+        with atomic_file(args.history) as tmp:
+            with open(tmp, "w") as f:
+                json.dump(model.history_, f, indent=1)
     if args.out:
         model.save(args.out)
         print(f"saved {args.out}")
@@ -423,11 +516,63 @@ def _cmd_data_download(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- tsne
+def _add_tsne_command(sub: argparse._SubParsersAction) -> None:
+    q = sub.add_parser("tsne", help="t-SNE of every layer of a saved model, with per-layer "
+                                    "class separation, as one PNG grid",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("model", help="a checkpoint written by fit/--out (.npz)")
+    _add_image_data_options(q)
+    q.add_argument("--split", default="test", choices=["train", "test"])
+    q.add_argument("--n", type=int, default=1000, help="images embedded (the first N)")
+    q.add_argument("--perplexity", type=float, default=30.0)
+    q.add_argument("--max-iter", type=int, default=1000)
+    q.add_argument("--k", type=int, default=5, help="neighbours of the kNN accuracy")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", default="tsne.png", help="the PNG grid")
+    q.add_argument("--json", default=None, help="write the per-layer separation here")
+    q.set_defaults(func=_cmd_tsne)
+
+
+def _cmd_tsne(args: argparse.Namespace) -> int:
+    import json
+
+    import fasttn
+    from fasttn.analysis import layer_tsne
+
+    model = fasttn.load(args.model)
+    X_tr, y_tr, X_te, y_te = _image_task(args, size=model.image_shape_[0])
+    X, y = (X_te, y_te) if args.split == "test" else (X_tr, y_tr)
+    X, y = X[:args.n], y[:args.n]
+    result = layer_tsne(model, X, y, perplexity=args.perplexity, random_state=args.seed,
+                        max_iter=args.max_iter, k=args.k)
+    title = (f"{type(model).__name__} on {args.dataset}"
+             f"{' classes ' + args.classes if args.classes else ''}: {len(y)} {args.split} "
+             f"images")
+    result.save_png(args.out, title=title)
+    print(f"{'layer':<10} {'kNN acc':>8} {'silhouette':>10} "
+          f"{'kNN 2-D':>8} {'silh. 2-D':>9}")
+    for name in result.names:
+        sc = result.scores[name]
+        print(f"{name:<10} {sc['knn_accuracy']:>8.3f} "
+              f"{sc['silhouette']:>10.3f} {sc['knn_accuracy_2d']:>8.3f} "
+              f"{sc['silhouette_2d']:>9.3f}")
+    print(f"wrote {args.out}")
+    if args.json:
+        from fasttn._atomic import atomic_file
+
+        with atomic_file(args.json) as tmp:
+            with open(tmp, "w") as f:
+                json.dump(result.scores, f, indent=1)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fasttn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_commands(sub)
     _add_data_commands(sub)
+    _add_tsne_command(sub)
     return parser
 
 

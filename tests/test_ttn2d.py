@@ -213,3 +213,36 @@ def test_bad_input(rng):
         model.predict(bad)
     with pytest.raises(ValueError, match="y: expected labels in"):
         TTN2D(2, epochs=1).fit(X, np.arange(X.shape[0]))
+
+
+def test_cli_train_ttn_and_tsne(tmp_path, capsys):
+    import json
+
+    from fasttn.cli import main
+
+    ckpt, png, js = tmp_path / "ttn.npz", tmp_path / "tsne.png", tmp_path / "sep.json"
+    assert main(["train", "ttn", "--quiet", "--epochs", "3", "--chi", "8", "--out",
+                 str(ckpt)]) == 0
+    out = capsys.readouterr().out
+    acc = float(out.split("test accuracy")[1].split()[0])
+    assert acc >= 0.9, out
+    assert main(["tsne", str(ckpt), "--n", "200", "--max-iter", "300", "--out", str(png),
+                 "--json", str(js)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sep = json.loads(js.read_text())
+    assert list(sep) == ["input", "level 1", "level 2", "scores"]
+    # a trained tree separates the classes better at the top than at the pixels
+    assert sep["scores"]["silhouette"] > sep["input"]["silhouette"] + 0.2
+
+
+def test_cli_class_subset(tmp_path, capsys):
+    from fasttn.cli import main
+
+    assert main(["train", "ttn", "--quiet", "--epochs", "8", "--chi", "8", "--classes",
+                 "3,8", "--top", "ovr"]) == 0
+    out = capsys.readouterr().out
+    assert "classes 3,8" in out and float(out.split("test accuracy")[1].split()[0]) >= 0.85
+    assert main(["train", "ttn", "--quiet", "--classes", "3,3"]) == 2
+    assert "classes: expected at least two distinct labels" in capsys.readouterr().err
+    assert main(["train", "ttn", "--quiet", "--classes", "3,12"]) == 2
+    assert "no images with label(s) [12]" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from .registry import DATA_DIR_ENV, DATASETS, dataset_locations
 from .sources import (find_dataset_files, load_digits, load_fashion_mnist, load_idx_pair,
                       load_idx_split, load_mnist)
 from .splits import DigitSource, digit_source
-from .tasks import TASKS, load_task
+from .tasks import TASKS, load_task, select_classes
 from .transforms import normalize_images, random_shift, resize_images
 
 __all__ = [
@@ -28,5 +28,6 @@ __all__ = [
     "NeedleDataset", "NeedleLayout", "NeedleMNIST", "dataset_locations", "digit_source",
     "download_dataset", "find_dataset_files", "load_digits", "load_fashion_mnist", "load_idx",
     "load_idx_pair", "random_shift", "load_idx_split", "load_mnist", "load_needle_dataset", "needle_mnist",
-    "noise_digit_count", "normalize_images", "resize_images", "save_idx", "write_needle_dataset",
+    "noise_digit_count", "normalize_images", "resize_images", "save_idx", "select_classes",
+    "write_needle_dataset",
 ]

@@ -54,3 +54,19 @@ def load_task(name: str, size: Optional[int] = None, n_train: Optional[int] = No
         X_te, y_te = load("test", data_dir=data_dir, size=size)
     return (np.ascontiguousarray(X_tr[:n_train]), y_tr[:n_train],
             np.ascontiguousarray(X_te[:n_test]), y_te[:n_test])
+
+
+def select_classes(X: np.ndarray, y: np.ndarray, classes) -> Tuple[np.ndarray, np.ndarray]:
+    """The images of the listed classes, relabelled ``0..len(classes)-1`` in the order given
+    (``classes=[6, 0]``: shirts become 0, T-shirts 1)."""
+    classes = [int(c) for c in classes]
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ValueError(f"classes: expected at least two distinct labels, got {classes}")
+    missing = [c for c in classes if not np.any(y == c)]
+    if missing:
+        raise ValueError(f"classes: no images with label(s) {missing}; the labels present "
+                         f"are {sorted(set(np.unique(y).tolist()))}")
+    keep = np.isin(y, classes)
+    relabel = np.full(int(max(classes)) + 1, -1, np.int64)
+    relabel[classes] = np.arange(len(classes))
+    return np.ascontiguousarray(X[keep]), relabel[y[keep]]

@@ -98,3 +98,22 @@ def test_tnn_sweep_workload_and_numpy_baseline_agree():
     assert np.abs(got - base.dense_weight()).max() < 1e-8 * np.abs(got).max()
     assert np.abs(out.w - base.V).max() < 1e-8 * np.abs(out.w).max()
     assert abs(w.model.history_[-1]["loss"] - w.model.history_[-2]["loss"]) > 0  # it trains
+
+
+def test_ttn_numpy_baseline_matches_the_model():
+    """The plain NumPy tree of bench/baselines computes TTN2D's loss and gradients."""
+    base = _load("numpy_ttn", ROOT / "bench" / "baselines" / "numpy_ttn.py")
+    import fasttn
+
+    rng = np.random.default_rng(0)
+    X = rng.random((6, 8, 8))
+    y = np.array([0, 1, 2, 0, 1, 2])
+    model = fasttn.TTN2D(3, chi=[3, 2], dtype="float64", random_state=0)
+    model._check_config()
+    model._setup((8, 8))
+    model._init_params(rng)
+    _, loss, grads = model._forward_backward(X, y)
+    loss_np, grads_np = base.train_step_grads(model.weights_, X, y)
+    assert abs(loss - loss_np) <= 1e-12 * abs(loss_np)
+    for a, b in zip(grads, grads_np):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * np.abs(b).max())

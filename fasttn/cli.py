@@ -549,7 +549,12 @@ def _cmd_tsne(args: argparse.Namespace) -> int:
     title = (f"{type(model).__name__} on {args.dataset}"
              f"{' classes ' + args.classes if args.classes else ''}: {len(y)} {args.split} "
              f"images")
-    result.save_png(args.out, title=title)
+    from fasttn.data import DATASETS
+
+    names = DATASETS[args.dataset].class_names if args.dataset in DATASETS else None
+    if names is not None and args.classes:
+        names = [names[int(c)] for c in args.classes.split(",")]
+    result.save_png(args.out, title=title, class_names=names)
     print(f"{'layer':<10} {'kNN acc':>8} {'silhouette':>10} "
           f"{'kNN 2-D':>8} {'silh. 2-D':>9}")
     for name in result.names:

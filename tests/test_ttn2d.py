@@ -106,6 +106,8 @@ def test_sweep_keeps_tensors_isometric_and_raises_fidelity(rng):
     fid = [r["fidelity"] for r in model.history_]
     assert fid[-1] > fid[0] > 0
     assert model.history_[-1]["accuracy"] > 0.5
+    ent = model.history_[-1]["entropy"]
+    assert len(ent) == model.n_levels_ and all(0 <= e <= np.log(10) for e in ent)
     # every level's tensors maximise tr(T^T E) over isometries: the sum of E's singular values
     for level in range(model.n_levels_):
         env = model.environments(X, y, level)

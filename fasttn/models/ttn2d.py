@@ -232,8 +232,10 @@ class TTN2D(Estimator):
 
         Returns
         -------
-        self, with ``history_`` (one dict per epoch or sweep: loss or fidelity, accuracy,
-        seconds, and ``val_accuracy`` with ``validation_data``).
+        self, with ``history_`` (one dict per epoch or sweep: loss (Adam) or fidelity and
+        ``entropy`` (sweeps: per level, the mean entropy of the environments' normalised
+        squared singular values, the spectrum each update keeps), accuracy, seconds, and
+        ``val_accuracy`` with ``validation_data``).
         """
         X, y, epochs, batch_size, rng = self._start_fit(X, y, epochs, batch_size, warm_start)
         hooks = []
@@ -282,9 +284,11 @@ class TTN2D(Estimator):
             t0 = time.perf_counter()
             bar = tqdm(range(self.n_levels_), desc=f"TTN2D sweep {sweep + 1}/{sweeps}",
                        disable=self.verbose <= 0, leave=False, file=sys.stderr, unit="level")
+            entropy = []
             for level in bar:
                 env = self.environments(X, y, level)
-                self.weights_[level][...] = _polar(env)
+                self.weights_[level][...], ent = _polar(env, with_entropy=True)
+                entropy.append(float(np.mean(ent)))
             fidelity, correct = 0.0, 0
             for i in range(0, X.shape[0], _SWEEP_CHUNK):
                 out = self._forward(X[i:i + _SWEEP_CHUNK])[0]
@@ -292,7 +296,8 @@ class TTN2D(Estimator):
                 correct += int(np.sum(np.argmax(self._scores(out), axis=1)
                                       == y[i:i + _SWEEP_CHUNK]))
             record = {"epoch": sweep + 1, "fidelity": fidelity / X.shape[0],
-                      "accuracy": correct / X.shape[0], "seconds": time.perf_counter() - t0}
+                      "accuracy": correct / X.shape[0], "entropy": entropy,
+                      "seconds": time.perf_counter() - t0}
             for fn in hooks:
                 record.update(fn(sweep, record) or {})
             history.append(record)
@@ -377,10 +382,12 @@ class TTN2D(Estimator):
         self.history_ = meta.get("history", [])
 
 
-def _polar(t: np.ndarray) -> np.ndarray:
+def _polar(t: np.ndarray, with_entropy: bool = False):
     """The polar factor ``U V^T`` of every tensor of a level, viewed as (p^4, out) matrices,
-    as one stacked SVD (float64)."""
+    as one stacked SVD (float64); with ``with_entropy`` also the entropy of each matrix's
+    normalised squared singular values."""
     shape = t.shape
     mats = np.asarray(t, np.float64).reshape(-1, shape[2] ** 4, shape[-1])
     split = ops.svd_truncate(mats, absorb="none")
-    return np.matmul(split.left, split.right).reshape(shape)
+    polar = np.matmul(split.left, split.right).reshape(shape)
+    return (polar, split.entropy) if with_entropy else polar

@@ -1,0 +1,80 @@
+"""``mera_block`` as a differentiable torch op over :mod:`fasttn.ops.mera_block`."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from ... import ops as fops
+from .. import tape
+from ..bridge import check_inputs, device_scope, from_array, to_array
+
+__all__ = ["mera_block"]
+
+
+@torch.library.custom_op("fasttn::mera_block", mutates_args=())
+def _forward(x: Tensor, u1: Tensor, w: Tensor, u2: Tensor, top: Tensor
+             ) -> Tuple[Tensor, Tensor]:
+    with device_scope(x):
+        out, saved = fops.mera_block_forward(*(to_array(t) for t in (x, u1, w, u2, top)))
+    return from_array(out), tape.store(saved)
+
+
+@_forward.register_fake
+def _(x, u1, w, u2, top):
+    out = x.new_empty((x.shape[0], x.shape[1] // 4, x.shape[2] // 4, top.shape[-1]))
+    return out, tape.fake_handle()
+
+
+@torch.library.custom_op("fasttn::mera_block_backward", mutates_args=())
+def _backward_op(handle: Tensor, x: Tensor, u1: Tensor, w: Tensor, u2: Tensor, top: Tensor,
+                 grad_out: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    with device_scope(x):
+        saved = tape.load(handle, lambda: fops.mera_block_forward(
+            *(to_array(t) for t in (x, u1, w, u2, top)))[1])
+        grads = fops.mera_block_backward(saved, to_array(grad_out))
+    return tuple(from_array(g) for g in grads)
+
+
+@_backward_op.register_fake
+def _(handle, x, u1, w, u2, top, grad_out):
+    return tuple(torch.empty_like(t) for t in (x, u1, w, u2, top))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs, output[1])
+
+
+def _backward(ctx, grad_out, _grad_handle):
+    *inputs, handle = ctx.saved_tensors
+    return _backward_op(handle, *inputs, grad_out)
+
+
+_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def mera_block(x: Tensor, u1: Tensor, w: Tensor, u2: Tensor, top: Tensor) -> Tensor:
+    """The exact 2D MERA block on every 4x4 block of a grid (:func:`fasttn.ops.mera_block`),
+    differentiable in every argument.
+
+    Parameters
+    ----------
+    x : (batch, H, W, p) float32 or float64
+        Site vectors; H and W positive multiples of 4.
+    u1 : (p, p, p, p, b, b, b, b)
+        Disentangler on the four central sites.
+    w : (4, p, p, p, b, chi)
+        Corner isometries (top-left, top-right, bottom-left, bottom-right).
+    u2 : (chi,) * 8
+        Disentangler on the isometry outputs.
+    top : (chi, chi, chi, chi, d_out)
+
+    All tensors share the dtype of ``x``.
+
+    Returns
+    -------
+    out : (batch, H / 4, W / 4, d_out)
+    """
+    check_inputs("mera_block", {"x": x, "u1": u1, "w": w, "u2": u2, "top": top})
+    return _forward(x, u1, w, u2, top)[0]

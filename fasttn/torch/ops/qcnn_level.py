@@ -1,0 +1,153 @@
+"""``qcnn_level`` as a differentiable torch op over :mod:`fasttn.ops.qcnn_level`."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ... import ops as fops
+from ..._validate import check_choice, check_positive_int
+from ...backend import array_module
+from .. import tape
+from ..bridge import check_inputs, device_scope, from_array, to_array
+
+__all__ = ["qcnn_level", "qcnn_level_with_stats"]
+
+
+@torch.library.custom_op("fasttn::qcnn_level", mutates_args=())
+def _forward(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,
+             running_mean: Optional[Tensor], running_var: Optional[Tensor], window: int,
+             eps: float, training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    with device_scope(x):
+        xa = to_array(x)
+        if training:  # computed here so that the caller gets them for its running averages
+            stats = fops.batch_stats(xa)
+        else:
+            xp = array_module(xa)
+            stats = tuple(xp.array(to_array(s), np.float64) for s in (running_mean, running_var))
+        out, saved, _ = fops.qcnn_level_forward(
+            xa, to_array(weight), to_array(gamma), to_array(beta), window=window, eps=eps,
+            training=training, stats=stats)
+        return from_array(out), from_array(stats[0]), from_array(stats[1]), tape.store(saved)
+
+
+@_forward.register_fake
+def _(x, weight, gamma, beta, running_mean, running_var, window, eps, training):
+    out = x.new_empty((x.shape[0], x.shape[1] // window, weight.shape[0]))
+    stat = x.new_empty((x.shape[2],), dtype=torch.float64)
+    return out, stat, torch.empty_like(stat), tape.fake_handle()
+
+
+@torch.library.custom_op("fasttn::qcnn_level_backward", mutates_args=())
+def _backward_op(handle: Tensor, x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,
+                 mean: Tensor, var: Tensor, grad_out: Tensor, window: int, eps: float,
+                 training: bool, need_g_x: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    with device_scope(x):
+        def recompute():
+            return fops.qcnn_level_forward(
+                to_array(x), to_array(weight), to_array(gamma), to_array(beta), window=window,
+                eps=eps, training=training, stats=(to_array(mean), to_array(var)))[1]
+
+        saved = tape.load(handle, recompute)
+        g_x, g_w, g_gamma, g_beta = fops.qcnn_level_backward(saved, to_array(grad_out),
+                                                             need_g_x)
+        g_x = x.new_empty(0) if g_x is None else from_array(g_x)
+        return g_x, from_array(g_w), from_array(g_gamma), from_array(g_beta)
+
+
+@_backward_op.register_fake
+def _(handle, x, weight, gamma, beta, mean, var, grad_out, window, eps, training, need_g_x):
+    g_x = torch.empty_like(x) if need_g_x else x.new_empty(0)
+    return g_x, torch.empty_like(weight), torch.empty_like(gamma), torch.empty_like(beta)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, gamma, beta, _, _, window, eps, training = inputs
+    _, mean, var, handle = output
+    ctx.save_for_backward(x, weight, gamma, beta, mean, var, handle)
+    ctx.config = (window, eps, training)
+
+
+def _backward(ctx, grad_out, _grad_mean, _grad_var, _grad_handle):
+    x, weight, gamma, beta, mean, var, handle = ctx.saved_tensors
+    need_g_x = ctx.needs_input_grad[0]
+    g_x, g_w, g_gamma, g_beta = _backward_op(handle, x, weight, gamma, beta, mean, var,
+                                             grad_out, *ctx.config, need_g_x)
+    return (g_x if need_g_x else None), g_w, g_gamma, g_beta, None, None, None, None, None
+
+
+_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def qcnn_level_with_stats(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,
+                          window: int = 2, eps: float = 1e-5, training: bool = True,
+                          running_mean: Optional[Tensor] = None,
+                          running_var: Optional[Tensor] = None
+                          ) -> Tuple[Tensor, Tensor, Tensor]:
+    """One fused q-CNN level (:func:`fasttn.ops.qcnn_level_forward`), differentiable, and the
+    statistics it normalised with.
+
+    Batch norm with ``(mean, var)``, then the 1x1 convolution ``weight``, then the
+    same-channel product over ``window`` consecutive sites.
+
+    Parameters
+    ----------
+    x : (batch, sites, d_in) float32 or float64
+    weight : (d_out, d_in)
+        Bias-free 1x1 convolution, the dtype of ``x``.
+    gamma, beta : (d_in,)
+        Batch-norm scale and shift, the dtype of ``x``.
+    window : {1, 2, 4}
+        Sites multiplied per output site (1: no pooling, the classifier head).
+    eps : float
+    training : bool
+        True: normalise with the batch statistics of ``x``; the gradient of ``x`` includes
+        their dependence on ``x``. False: normalise with ``running_mean`` and
+        ``running_var``.
+    running_mean, running_var : (d_in,), optional
+        Required when ``training`` is False; any float dtype.
+
+    Returns
+    -------
+    out : (batch, sites // window, d_out)
+    mean, var : (d_in,) float64
+        The statistics used (biased variance of the batch when training), detached, for
+        updating running averages.
+    """
+    check_inputs("qcnn_level", {"x": x, "weight": weight, "gamma": gamma, "beta": beta,
+                                "running_mean": running_mean, "running_var": running_var})
+    check_choice("training", training, (True, False))
+    if not training:
+        d_in = x.shape[-1]
+        for name, s in (("running_mean", running_mean), ("running_var", running_var)):
+            if s is None or tuple(s.shape) != (d_in,):
+                got = None if s is None else f"shape {tuple(s.shape)}"
+                raise ValueError(f"{name}: expected a tensor of shape ({d_in},) (the channels "
+                                 f"of x) when training=False, got {got}")
+    out, mean, var, _ = _forward(x, weight, gamma, beta, running_mean, running_var,
+                                 check_positive_int("window", window), float(eps),
+                                 bool(training))
+    return out, mean.detach(), var.detach()
+
+
+def qcnn_level(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, window: int = 2,
+               eps: float = 1e-5, training: bool = True, running_mean: Optional[Tensor] = None,
+               running_var: Optional[Tensor] = None) -> Tensor:
+    """One fused q-CNN level, differentiable; the output of :func:`qcnn_level_with_stats`.
+
+    Parameters
+    ----------
+    x : (batch, sites, d_in)
+    weight : (d_out, d_in)
+    gamma, beta : (d_in,)
+    window, eps, training, running_mean, running_var
+        As in :func:`qcnn_level_with_stats`.
+
+    Returns
+    -------
+    out : (batch, sites // window, d_out)
+    """
+    return qcnn_level_with_stats(x, weight, gamma, beta, window, eps, training, running_mean,
+                                 running_var)[0]

@@ -59,6 +59,7 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     _add_train_mera(models)
     _add_train_tnn(models)
     _add_train_ttn(models)
+    _add_train_torch(models)
 
 
 def _add_train_tnn(models: argparse._SubParsersAction) -> None:
@@ -188,6 +189,83 @@ def _add_train_ttn(models: argparse._SubParsersAction) -> None:
     q.add_argument("--history", default=None, help="write the per-epoch history here (JSON)")
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=_train_ttn)
+
+
+def _add_train_torch(models: argparse._SubParsersAction) -> None:
+    q = models.add_parser(
+        "torch", help="a PyTorch model built from fasttn's torch layers (needs the torch "
+                      "extra); data-parallel under torchrun with --distributed",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--model", default="qcnn", choices=["qcnn", "cnn-tn"],
+                   help="qcnn: the q-CNN of QCNNLevel layers; cnn-tn: three convolutions, "
+                        "then a TNLayer (MPO) and a linear classifier")
+    _add_image_data_options(q)
+    # not --d: torchrun parses the whole command line and would take it for its own options
+    q.add_argument("--width", type=int, default=8, help="q-CNN base width d (widths d(l+1))")
+    q.add_argument("--bond", type=int, default=4, help="TNLayer bond dimension (cnn-tn)")
+    q.add_argument("--epochs", type=int, default=3)
+    q.add_argument("--batch-size", type=int, default=64, help="the global batch")
+    q.add_argument("--lr", type=float, default=None,
+                   help="Adam step (default 0.01 for qcnn, 0.002 for cnn-tn)")
+    q.add_argument("--max-steps", type=int, default=None, help="stop after N optimiser steps")
+    q.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--distributed", action="store_true",
+                   help="join the torchrun process group (gloo on CPU, NCCL on GPUs); each "
+                        "process takes its share of every global batch")
+    q.add_argument("--save-params", default=None,
+                   help="write the final parameters and buffers here (.npz, rank 0)")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=_train_torch)
+
+
+def _train_torch(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    try:
+        import torch
+
+        from fasttn.torch import CNNTN, QCNN
+        from fasttn.torch.distributed import (evaluate, fit_data_parallel, init_from_env,
+                                              rank_and_world)
+    except ImportError as exc:
+        raise ValueError(f"fasttn train torch needs PyTorch: pip install 'fasttn[torch]' "
+                         f"({exc})") from exc
+    if args.distributed:
+        init_from_env()
+    rank, world = rank_and_world()
+    size = args.size or {"digits": None, "needle": 128}.get(args.dataset,
+                                                            16 if args.model == "qcnn" else None)
+    X_tr, y_tr, X_te, y_te = _image_task(args, size=size)
+    n_classes = max(int(max(y_tr.max(), y_te.max())) + 1, 2)
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(args.seed)  # the same initial parameters on every process
+    if args.model == "qcnn":
+        model = QCNN(X_tr.shape[1:], n_classes, d=args.width, dtype=dtype)
+        lr = args.lr or 0.01
+    else:
+        model = CNNTN(n_classes, bond_dim=args.bond, dtype=dtype)
+        lr = args.lr or 0.002
+    if rank == 0:
+        print(f"{args.model} on {args.dataset}: {len(y_tr)} train / {len(y_te)} test images of "
+              f"{X_tr.shape[1]}x{X_tr.shape[2]}, {sum(p.numel() for p in model.parameters())} "
+              f"parameters, {world} process(es), global batch {args.batch_size}")
+    fit_data_parallel(model, X_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size,
+                      lr=lr, seed=args.seed, max_steps=args.max_steps,
+                      verbose=not args.quiet)
+    if rank == 0:
+        print(f"test accuracy {evaluate(model, X_te, y_te):.4f}")
+        if args.save_params:
+            from fasttn._atomic import atomic_file
+
+            state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+            with atomic_file(args.save_params) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, **state)
+            print(f"saved {args.save_params}")
+    if args.distributed:
+        torch.distributed.destroy_process_group()
+    return 0
 
 
 def _add_image_data_options(q: argparse.ArgumentParser) -> None:

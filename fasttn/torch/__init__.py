@@ -13,8 +13,11 @@ if not hasattr(torch.library, "custom_op"):  # pragma: no cover - torch < 2.4
     raise ImportError(f"fasttn.torch needs PyTorch >= 2.4 (torch.library.custom_op), found "
                       f"{torch.__version__}: pip install 'fasttn[torch]'")
 
+from .models import CNNTN, QCNN
 from .modules import MERABlockLayer, QCNNLevel, TNLayer, TreeNodeLayer
-from .ops import mera_block, mpo_apply, product_pool, qcnn_level, qcnn_level_with_stats, tree_node
+from .ops import (mera_block, mpo_apply, product_pool, qcnn_level, qcnn_level_given_stats,
+                  qcnn_level_with_stats, tree_node)
 
-__all__ = ["MERABlockLayer", "QCNNLevel", "TNLayer", "TreeNodeLayer", "mera_block",
-           "mpo_apply", "product_pool", "qcnn_level", "qcnn_level_with_stats", "tree_node"]
+__all__ = ["CNNTN", "QCNN", "MERABlockLayer", "QCNNLevel", "TNLayer", "TreeNodeLayer", "mera_block",
+           "mpo_apply", "product_pool", "qcnn_level", "qcnn_level_given_stats",
+           "qcnn_level_with_stats", "tree_node"]

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from .. import ops as fops
 from .._validate import check_choice, check_positive_int
 from ..models.tnn_layers import TNLayer as _MPOLayerSpec, factor_dims
-from .ops import mera_block, mpo_apply, qcnn_level, qcnn_level_with_stats, tree_node
+from .ops import (mera_block, mpo_apply, qcnn_level, qcnn_level_given_stats,
+                  qcnn_level_with_stats, tree_node)
 
 __all__ = ["QCNNLevel", "MERABlockLayer", "TNLayer", "TreeNodeLayer"]
 
@@ -25,6 +26,44 @@ __all__ = ["QCNNLevel", "MERABlockLayer", "TNLayer", "TreeNodeLayer"]
 def _numpy_rng() -> np.random.Generator:
     """A NumPy generator seeded from torch's, for initialisers that fasttn draws in NumPy."""
     return np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item()))
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the default group; the gradient of every process's copy of the sum reaches
+    every process's summands, so the backward sums the incoming gradients too."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        out = t.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        g = g.clone()
+        dist.all_reduce(g)
+        return g
+
+
+def _group_stats(x: Tensor) -> Tuple[Tensor, Tensor, int]:
+    """Per-channel mean and biased variance of ``x`` over batch and sites on every process
+    of the default group (float64, differentiable), and the number of rows they cover."""
+    x64 = x.to(torch.float64)
+    sums = torch.cat([x64.sum(dim=(0, 1)), (x64 * x64).sum(dim=(0, 1)),
+                      x64.new_tensor([x.shape[0] * x.shape[1]])])
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        sums = _AllReduceSum.apply(sums)
+    d = x.shape[-1]
+    n = sums[-1].detach()
+    mean = sums[:d] / n
+    var = sums[d:2 * d] / n - mean * mean
+    return mean, var, int(n.item())
 
 
 def _check_scale(name: str, v: float) -> float:
@@ -51,6 +90,11 @@ class QCNNLevel(nn.Module):
         Weight of each batch in the running statistics.
     beta_init : float
         Initial batch-norm shift (as :class:`fasttn.QCNN`'s ``beta_init``).
+    sync_stats : bool
+        In training, take the batch statistics over every process of the default
+        ``torch.distributed`` group (as ``nn.SyncBatchNorm``), so that data-parallel
+        training equals one process on the whole batch. Without an initialised group the
+        statistics are this batch's.
     device, dtype : optional
         Of the parameters and buffers (float32 or float64).
 
@@ -60,8 +104,10 @@ class QCNNLevel(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, window: int = 2, eps: float = 1e-5,
-                 momentum: float = 0.1, beta_init: float = 0.0, device=None, dtype=None):
+                 momentum: float = 0.1, beta_init: float = 0.0, sync_stats: bool = False,
+                 device=None, dtype=None):
         super().__init__()
+        self.sync_stats = bool(sync_stats)
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.out_channels = check_positive_int("out_channels", out_channels)
         self.window = check_choice("window", window, (1, 2, 4))
@@ -97,9 +143,15 @@ class QCNNLevel(nn.Module):
             return qcnn_level(x, self.weight, self.gamma, self.beta, self.window, self.eps,
                               training=False, running_mean=self.running_mean,
                               running_var=self.running_var)
-        out, mean, var = qcnn_level_with_stats(x, self.weight, self.gamma, self.beta,
-                                               self.window, self.eps, training=True)
-        n = x.shape[0] * x.shape[1]
+        if self.sync_stats:
+            mean, var, n = _group_stats(x)
+            out = qcnn_level_given_stats(x, self.weight, self.gamma, self.beta, mean, var,
+                                         self.window, self.eps)
+            mean, var = mean.detach(), var.detach()
+        else:
+            out, mean, var = qcnn_level_with_stats(x, self.weight, self.gamma, self.beta,
+                                                   self.window, self.eps, training=True)
+            n = x.shape[0] * x.shape[1]
         with torch.no_grad():
             m = self.momentum
             self.running_mean.mul_(1 - m).add_(mean.to(self.running_mean.dtype), alpha=m)

@@ -13,7 +13,7 @@ from ...backend import array_module
 from .. import tape
 from ..bridge import check_inputs, device_scope, from_array, to_array
 
-__all__ = ["qcnn_level", "qcnn_level_with_stats"]
+__all__ = ["qcnn_level", "qcnn_level_given_stats", "qcnn_level_with_stats"]
 
 
 @torch.library.custom_op("fasttn::qcnn_level", mutates_args=())
@@ -151,3 +151,106 @@ def qcnn_level(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, window: i
     """
     return qcnn_level_with_stats(x, weight, gamma, beta, window, eps, training, running_mean,
                                  running_var)[0]
+
+
+# -- statistics as inputs: the level of a batch norm whose statistics come from elsewhere
+# (all processes of a data-parallel group); their gradients flow back through the caller.
+
+@torch.library.custom_op("fasttn::qcnn_level_given_stats", mutates_args=())
+def _given_forward(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor,
+                   var: Tensor, window: int, eps: float) -> Tuple[Tensor, Tensor]:
+    with device_scope(x):
+        out, saved, _ = fops.qcnn_level_forward(
+            to_array(x), to_array(weight), to_array(gamma), to_array(beta), window=window,
+            eps=eps, training=True, stats=(to_array(mean), to_array(var)))
+        return from_array(out), tape.store(saved)
+
+
+@_given_forward.register_fake
+def _(x, weight, gamma, beta, mean, var, window, eps):
+    out = x.new_empty((x.shape[0], x.shape[1] // window, weight.shape[0]))
+    return out, tape.fake_handle()
+
+
+@torch.library.custom_op("fasttn::qcnn_level_given_stats_backward", mutates_args=())
+def _given_backward_op(handle: Tensor, x: Tensor, weight: Tensor, gamma: Tensor,
+                       beta: Tensor, mean: Tensor, var: Tensor, grad_out: Tensor, window: int,
+                       eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    with device_scope(x):
+        def recompute():
+            return fops.qcnn_level_forward(
+                to_array(x), to_array(weight), to_array(gamma), to_array(beta), window=window,
+                eps=eps, training=True, stats=(to_array(mean), to_array(var)))[1]
+
+        saved = tape.load(handle, recompute)
+        g_x, g_w, g_gamma, g_beta, (scale, shift) = fops.qcnn_level_backward(
+            saved, to_array(grad_out), True, return_affine=True)
+        # fasttn returns the statistics' share of dL/dx as -(scale x + shift) for statistics
+        # over this call's n rows: scale = -2 g_var / n, shift + scale mean = -g_mean / n
+        xp = array_module(scale)
+        n = x.shape[0] * x.shape[1]
+        scale = xp.asarray(scale, np.float64)
+        shift = xp.asarray(shift, np.float64)
+        g_var = -0.5 * n * scale
+        g_mean = -n * (shift + scale * to_array(mean))
+        return (from_array(g_x), from_array(g_w), from_array(g_gamma), from_array(g_beta),
+                from_array(g_mean), from_array(g_var))
+
+
+@_given_backward_op.register_fake
+def _(handle, x, weight, gamma, beta, mean, var, grad_out, window, eps):
+    return (torch.empty_like(x), torch.empty_like(weight), torch.empty_like(gamma),
+            torch.empty_like(beta), torch.empty_like(mean), torch.empty_like(var))
+
+
+def _given_setup_context(ctx, inputs, output):
+    x, weight, gamma, beta, mean, var, window, eps = inputs
+    ctx.save_for_backward(x, weight, gamma, beta, mean, var, output[1])
+    ctx.config = (window, eps)
+
+
+def _given_backward(ctx, grad_out, _grad_handle):
+    x, weight, gamma, beta, mean, var, handle = ctx.saved_tensors
+    grads = _given_backward_op(handle, x, weight, gamma, beta, mean, var, grad_out,
+                               *ctx.config)
+    return (*grads, None, None)
+
+
+_given_forward.register_autograd(_given_backward, setup_context=_given_setup_context)
+
+
+def qcnn_level_given_stats(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,
+                           mean: Tensor, var: Tensor, window: int = 2, eps: float = 1e-5
+                           ) -> Tensor:
+    """One fused q-CNN level normalised with statistics computed by the caller, and
+    differentiable with respect to them.
+
+    For batch norm over several processes: each computes its sums, they are all-reduced
+    (``torch.distributed.nn.functional.all_reduce`` carries the gradients back), and
+    ``mean``, ``var`` formed from them enter here. With the statistics of ``x`` itself the
+    result and all gradients equal :func:`qcnn_level` in training mode.
+
+    Parameters
+    ----------
+    x : (batch, sites, d_in)
+    weight : (d_out, d_in)
+    gamma, beta : (d_in,)
+    mean, var : (d_in,) float64
+        The statistics to normalise with (biased variance).
+    window, eps
+        As in :func:`qcnn_level_with_stats`.
+
+    Returns
+    -------
+    out : (batch, sites // window, d_out)
+    """
+    check_inputs("qcnn_level", {"x": x, "weight": weight, "gamma": gamma, "beta": beta})
+    d_in = x.shape[-1]
+    for name, s in (("mean", mean), ("var", var)):
+        if not isinstance(s, Tensor) or tuple(s.shape) != (d_in,) or s.dtype != torch.float64:
+            got = (f"{s.dtype} of shape {tuple(s.shape)}" if isinstance(s, Tensor)
+                   else type(s).__name__)
+            raise ValueError(f"{name}: expected a float64 tensor of shape ({d_in},) (the "
+                             f"channels of x), got {got}")
+    return _given_forward(x, weight, gamma, beta, mean, var,
+                          check_positive_int("window", window), float(eps))[0]

@@ -234,9 +234,10 @@ def _train_torch(args: argparse.Namespace) -> int:
     if args.distributed:
         init_from_env()
     rank, world = rank_and_world()
-    size = args.size or {"digits": None, "needle": 128}.get(args.dataset,
-                                                            16 if args.model == "qcnn" else None)
-    X_tr, y_tr, X_te, y_te = _image_task(args, size=size)
+    if args.size or args.model == "qcnn":  # the q-CNN needs power-of-two sides
+        X_tr, y_tr, X_te, y_te = _image_task(args)
+    else:
+        X_tr, y_tr, X_te, y_te = _image_task(args, size=None)
     n_classes = max(int(max(y_tr.max(), y_te.max())) + 1, 2)
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(args.seed)  # the same initial parameters on every process
@@ -284,11 +285,15 @@ def _add_image_data_options(q: argparse.ArgumentParser) -> None:
     q.add_argument("--data-dir", default=None)
 
 
-def _image_task(args: argparse.Namespace, size=None):
-    """``(X_train, y_train, X_test, y_test)`` from the shared data options."""
+_DEFAULT_SIZE = object()
+
+
+def _image_task(args: argparse.Namespace, size=_DEFAULT_SIZE):
+    """``(X_train, y_train, X_test, y_test)`` from the shared data options; ``size=None``
+    keeps the native size."""
     from fasttn.data import load_task, select_classes
 
-    if size is None:
+    if size is _DEFAULT_SIZE:
         size = args.size or {"digits": None, "needle": 128}.get(args.dataset, 16)
     X_tr, y_tr, X_te, y_te = load_task(args.dataset, size=size, data_dir=args.data_dir,
                                        seed=args.seed)

@@ -117,3 +117,21 @@ def test_ttn_numpy_baseline_matches_the_model():
     assert abs(loss - loss_np) <= 1e-12 * abs(loss_np)
     for a, b in zip(grads, grads_np):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * np.abs(b).max())
+
+
+def test_torch_layers_benchmark_models_agree():
+    """The fasttn-layer q-CNN and the plain PyTorch one of bench/ compute the same scores
+    from the same parameters (checked in the benchmark's setup)."""
+    import pytest
+
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        B = _load("benchmarks.bench_torch", ROOT / "bench" / "benchmarks" / "bench_torch.py")
+        B.SIDE, B.D = 64, 4
+        b = B.TorchQCNNTrainStep()
+        b.setup()
+        b.fasttn()
+        b.torch()
+    finally:
+        sys.path.remove(str(ROOT / "bench"))

@@ -609,7 +609,9 @@ def _add_tsne_command(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--split", default="test", choices=["train", "test"])
     q.add_argument("--n", type=int, default=1000, help="images embedded (the first N)")
     q.add_argument("--perplexity", type=float, default=30.0)
-    q.add_argument("--max-iter", type=int, default=1000)
+    q.add_argument("--max-iter", type=int, default=1000,
+                   help="t-SNE iterations; the first 250 are early exaggeration, so fewer than "
+                        "~500 leave the embedding unconverged")
     q.add_argument("--k", type=int, default=5, help="neighbours of the kNN accuracy")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", default="tsne.png", help="the PNG grid")

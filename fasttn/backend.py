@@ -34,12 +34,9 @@ def get_module(device: str) -> ModuleType:
     if device == "cpu":
         return np
     if device == "cuda":
-        try:
-            import cupy
-        except ImportError as exc:  # pragma: no cover - depends on the machine
-            raise RuntimeError("device: 'cuda' needs CuPy; install fasttn[cuda] on a machine "
-                               "with an NVIDIA GPU") from exc
-        return cupy
+        from ._cuda import require_cupy  # one message for a missing CuPy or GPU
+
+        return require_cupy()
     raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
 
 

@@ -71,8 +71,9 @@ def mera_block_forward(x: Any, u1: Any, w: Any, u2: Any, top: Any):
     saved : opaque, for :func:`mera_block_backward`
     """
     _check(x, u1, w, u2, top)
-    x = x if x.flags.c_contiguous else np.ascontiguousarray(x)
-    return _impl(x).mera_block_forward(x, *(np.ascontiguousarray(t) for t in (u1, w, u2, top)))
+    xp = array_module(x)
+    x = x if x.flags.c_contiguous else xp.ascontiguousarray(x)
+    return _impl(x).mera_block_forward(x, *(xp.ascontiguousarray(t) for t in (u1, w, u2, top)))
 
 
 def mera_block_backward(saved: Any, g_out: Any):
@@ -81,7 +82,7 @@ def mera_block_backward(saved: Any, g_out: Any):
     expected = (x.shape[0], x.shape[1] // 4, x.shape[2] // 4, saved[4].shape[-1])
     if tuple(g_out.shape) != expected:
         raise ValueError(f"g_out: expected shape {expected}, got {tuple(g_out.shape)}")
-    return _impl(x).mera_block_backward(saved, np.asarray(g_out, x.dtype))
+    return _impl(x).mera_block_backward(saved, array_module(x).asarray(g_out, x.dtype))
 
 
 def mera_block(x: Any, u1: Any, w: Any, u2: Any, top: Any) -> Any:

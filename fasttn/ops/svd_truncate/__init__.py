@@ -6,7 +6,8 @@ largest; ``k`` is the largest count kept in the stack (items keeping fewer are z
 so each ``left @ right`` is still that item's own truncation). ``absorb`` says where the
 singular values go. Signs are fixed (largest-|.| entry of each left singular vector
 positive), so the outputs are a continuous function of ``a`` between degeneracies. The rules
-are written out in ``reference.py``; ``cpu.py`` does the whole stack in one Numba call.
+are written out in ``reference.py``; ``cpu.py`` does the whole stack in one Numba call and
+``cuda.py`` (CuPy arrays) in batched array operations.
 """
 from __future__ import annotations
 
@@ -24,11 +25,16 @@ __all__ = ["SVDTruncation", "svd_truncate", "svd_truncate_forward", "svd_truncat
 
 
 def _impl(a: Any):
-    if array_module(a) is np:
+    """The version for ``a``'s array module: ``cpu`` for NumPy, ``cuda`` for CuPy."""
+    if array_module(a) is not np:
+        from . import cuda  # only reached with a CuPy array in hand
+
+        return cuda
+    if isinstance(a, np.ndarray):
         return cpu
-    raise NotImplementedError(f"a: svd_truncate runs on host (NumPy) arrays, got a "
-                              f"{type(a).__module__}.{type(a).__name__}; move it with "
-                              f"fasttn.backend.to_numpy")
+    raise NotImplementedError(f"a: svd_truncate runs on NumPy or CuPy arrays, got a "
+                              f"{type(a).__module__}.{type(a).__name__}; convert it with "
+                              f"numpy.asarray or cupy.asarray")
 
 
 def _check(a: Any, max_bond: Any, cutoff: Any, absorb: Any) -> Tuple[Any, Optional[int], float]:
@@ -87,7 +93,7 @@ def svd_truncate_forward(a: Any, max_bond: Optional[int] = None, cutoff: float =
     """
     a, max_bond, cutoff = _check(a, max_bond, cutoff, absorb)
     impl = _impl(a)
-    a = a if a.flags.c_contiguous else np.ascontiguousarray(a)
+    a = a if a.flags.c_contiguous else array_module(a).ascontiguousarray(a)
     return impl.svd_truncate_forward(a, max_bond, cutoff, absorb)
 
 
@@ -137,7 +143,7 @@ def svd_truncate_backward(saved: SVDSaved, g_left: Any = None, g_right: Any = No
     g_left = _check_grad("g_left", g_left, (*batch, m, k))
     g_right = _check_grad("g_right", g_right, (*batch, k, n))
     g_s = _check_grad("g_s", g_s, (*batch, k))
-    return cpu.svd_truncate_backward(saved, g_left, g_right, g_s)
+    return _impl(saved.u).svd_truncate_backward(saved, g_left, g_right, g_s)
 
 
 def svd_truncate(a: Any, max_bond: Optional[int] = None, cutoff: float = 0.0,

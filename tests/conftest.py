@@ -46,3 +46,42 @@ def rng(request):
     request.node.user_properties.append(("seed", seed))
     print(f"seed={seed}")
     return np.random.default_rng(seed)
+
+
+def with_spectrum(rng, m, n, spectrum, sign_margin=0.0):
+    """``Q1 diag(spectrum) Q2^T`` with random orthonormal ``Q1 (m, r)``, ``Q2 (n, r)``.
+
+    ``sign_margin``: redraw ``Q1`` until the two largest |entries| of each column differ by
+    that much, so that finite-difference steps cannot flip the sign convention."""
+    r = min(m, n)
+    while True:
+        q1 = np.linalg.qr(rng.standard_normal((m, r)))[0]
+        top = np.sort(np.abs(q1), axis=0)
+        if m == 1 or np.all(top[-1] - top[-2] >= sign_margin):
+            break
+    q2 = np.linalg.qr(rng.standard_normal((n, r)))[0]
+    return q1 @ np.diag(spectrum) @ q2.T
+
+
+def mera_inputs(rng, n, h, w, p, b, chi, d_out, dtype):
+    """Random ``(x, u1, w, u2, top)`` of one MERA level (shapes as ``ops.mera_block``)."""
+    x = rng.standard_normal((n, h, w, p)).astype(dtype)
+    u1 = rng.standard_normal((p,) * 4 + (b,) * 4).astype(dtype)
+    iso = rng.standard_normal((4, p, p, p, b, chi)).astype(dtype)
+    u2 = rng.standard_normal((chi,) * 8).astype(dtype)
+    top = rng.standard_normal((chi,) * 4 + (d_out,)).astype(dtype)
+    return x, u1, iso, u2, top
+
+
+def gpu_skip_reason():
+    """``None`` when CuPy sees a GPU, else why the GPU tests are skipped."""
+    try:
+        import cupy
+    except ImportError:
+        return "CuPy not installed: GPU tests skipped"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "CuPy sees no GPU"
+    except Exception as exc:  # no driver
+        return f"CuPy finds no usable GPU ({exc})"
+    return None

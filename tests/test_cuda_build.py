@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DTYPES, assert_close
+from conftest import DTYPES, assert_close, gpu_skip_reason
 from fasttn import _cuda
 from fasttn.ops.product_pool import reference as ref
 
@@ -282,18 +282,6 @@ print("ok")
 """
 
 
-def _gpu_available() -> str | None:
-    """``None`` when CuPy sees a GPU, else the reason to skip."""
-    try:
-        import cupy
-    except ImportError:
-        return "CuPy not installed"
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return "CuPy sees no GPU"
-    except Exception as exc:  # no driver
-        return f"CuPy finds no usable GPU ({exc})"
-    return None
 
 
 @pytest.mark.parametrize("mode", ["simulator", "gpu"])
@@ -303,7 +291,7 @@ def test_adamw_kernel_matches_cpu_update(mode, rng):
         # Read by numba at import, hence a fresh interpreter.
         env["NUMBA_ENABLE_CUDASIM"] = "1"
     else:
-        reason = _gpu_available()
+        reason = gpu_skip_reason()
         if reason:
             pytest.skip(reason)
         env.pop("NUMBA_ENABLE_CUDASIM", None)
@@ -317,7 +305,7 @@ def test_adamw_kernel_matches_cpu_update(mode, rng):
 @pytest.fixture
 def cupy_gpu():
     cupy = pytest.importorskip("cupy", reason="CuPy not installed: GPU tests skipped")
-    reason = _gpu_available()
+    reason = gpu_skip_reason()
     if reason:
         pytest.skip(reason)
     return cupy

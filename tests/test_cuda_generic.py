@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DTYPES, RTOL, assert_close, check_gradient
+from conftest import (DTYPES, RTOL, assert_close, check_gradient, gpu_skip_reason, mera_inputs,
+                      with_spectrum)
 from fasttn.ops.mera_block import cpu as mera_cpu
 from fasttn.ops.mera_block import cuda as mera_cuda
 from fasttn.ops.mera_block import reference as mera_ref
@@ -37,46 +38,17 @@ SVD_CASES = [((6, 6), None, 0.0), ((9, 4), 3, 0.0), ((4, 9), None, 0.3), ((5, 1,
              ((3, 40, 36), 10, 0.0), ((2, 33, 45), None, 0.4)]
 
 
-def mera_inputs(rng, n, h, w, p, b, chi, d_out, dtype):
-    x = rng.standard_normal((n, h, w, p)).astype(dtype)
-    u1 = rng.standard_normal((p,) * 4 + (b,) * 4).astype(dtype)
-    iso = rng.standard_normal((4, p, p, p, b, chi)).astype(dtype)
-    u2 = rng.standard_normal((chi,) * 8).astype(dtype)
-    top = rng.standard_normal((chi,) * 4 + (d_out,)).astype(dtype)
-    return x, u1, iso, u2, top
 
 
-def with_spectrum(rng, m, n, spectrum, sign_margin=0.05):
-    """``Q1 diag(spectrum) Q2^T``, ``Q1`` redrawn until the two largest |entries| of each
-    column differ by ``sign_margin`` (finite-difference steps cannot flip the sign fix)."""
-    r = min(m, n)
-    while True:
-        q1 = np.linalg.qr(rng.standard_normal((m, r)))[0]
-        top = np.sort(np.abs(q1), axis=0)
-        if m == 1 or np.all(top[-1] - top[-2] >= sign_margin):
-            break
-    q2 = np.linalg.qr(rng.standard_normal((n, r)))[0]
-    return q1 @ np.diag(spectrum) @ q2.T
 
 
 # --- backends: NumPy standing in for CuPy, and CuPy on a GPU --------------------------------
 
-def _gpu_skip_reason():
-    try:
-        import cupy
-    except ImportError:
-        return "CuPy not installed: GPU tests skipped"
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return "CuPy sees no GPU"
-    except Exception as exc:  # no driver
-        return f"CuPy finds no usable GPU ({exc})"
-    return None
 
 
 @pytest.fixture
 def cupy_gpu():
-    reason = _gpu_skip_reason()
+    reason = gpu_skip_reason()
     if reason:
         pytest.skip(reason)
     import cupy
@@ -238,7 +210,7 @@ def test_svd_truncate_empty_stack():
 @pytest.mark.parametrize("absorb", ABSORB)
 def test_svd_truncate_backward_finite_differences(rng, absorb):
     max_bond = 3
-    a = np.stack([with_spectrum(rng, 6, 5, 3.0 * 0.55 ** np.arange(5)) for _ in range(2)])
+    a = np.stack([with_spectrum(rng, 6, 5, 3.0 * 0.55 ** np.arange(5), 0.05) for _ in range(2)])
     out, saved = svd_cuda.svd_truncate_forward(a, max_bond, 0.0, absorb)
     g_left, g_right, g_s = _random_grads(rng, out)
 
@@ -313,7 +285,7 @@ def device(request, monkeypatch):
     """``(to_device, to_host)``: the stand-in puts ``_NumPyAsCuPy`` in ``sys.modules`` (put
     back afterwards), so the public ops dispatch to ``cuda.py`` and run it on NumPy."""
     if request.param == "gpu":
-        reason = _gpu_skip_reason()
+        reason = gpu_skip_reason()
         if reason:
             pytest.skip(reason)
         import cupy

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import RTOL, DTYPES, assert_close
+from conftest import mera_inputs as make
 from fasttn.ops import mera_block, mera_block_backward, mera_block_forward
 from fasttn.ops.mera_block import reference as ref
 
@@ -9,13 +10,6 @@ from fasttn.ops.mera_block import reference as ref
 CASES = [(2, 8, 4, 2, 3, 2, 3), (1, 4, 8, 3, 2, 3, 2), (3, 8, 8, 2, 4, 4, 4), (2, 4, 4, 1, 2, 2, 5)]
 
 
-def make(rng, n, h, w, p, b, chi, d_out, dtype):
-    x = rng.standard_normal((n, h, w, p)).astype(dtype)
-    u1 = rng.standard_normal((p,) * 4 + (b,) * 4).astype(dtype)
-    iso = rng.standard_normal((4, p, p, p, b, chi)).astype(dtype)
-    u2 = rng.standard_normal((chi,) * 8).astype(dtype)
-    top = rng.standard_normal((chi,) * 4 + (d_out,)).astype(dtype)
-    return x, u1, iso, u2, top
 
 
 def brute_force_block(sites, u1, iso, u2, top):

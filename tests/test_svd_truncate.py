@@ -4,7 +4,7 @@ finite differences, and every refused input."""
 import numpy as np
 import pytest
 
-from conftest import DTYPES, RTOL, assert_close, check_gradient
+from conftest import DTYPES, RTOL, assert_close, check_gradient, with_spectrum
 from fasttn.ops.svd_truncate import (SVDTruncation, svd_truncate, svd_truncate_backward,
                                      svd_truncate_forward)
 from fasttn.ops.svd_truncate import cpu
@@ -29,19 +29,6 @@ def test_both_routes_are_covered():
     assert not cpu.use_jacobi(8, 8, 1)  # a lone small matrix goes to LAPACK
 
 
-def with_spectrum(rng, m, n, spectrum, sign_margin=0.0):
-    """``Q1 diag(spectrum) Q2^T`` with random orthonormal ``Q1 (m, r)``, ``Q2 (n, r)``.
-
-    ``sign_margin``: redraw ``Q1`` until the two largest |entries| of each column differ by
-    that much, so that finite-difference steps cannot flip the sign convention."""
-    r = min(m, n)
-    while True:
-        q1 = np.linalg.qr(rng.standard_normal((m, r)))[0]
-        top = np.sort(np.abs(q1), axis=0)
-        if m == 1 or np.all(top[-1] - top[-2] >= sign_margin):
-            break
-    q2 = np.linalg.qr(rng.standard_normal((n, r)))[0]
-    return q1 @ np.diag(spectrum) @ q2.T
 
 
 def frobenius(x):

@@ -149,9 +149,14 @@ def test_linear_and_log_domains_agree(rng, dtype, pooling, loss, training):
     names = ([f"weight{l}" for l in range(m.n_levels_ + 1)]
              + [f"gamma{l}" for l in range(m.n_levels_ + 1)]
              + [f"beta{l}" for l in range(m.n_levels_ + 1)])
+    # float32 gradients pass through 7 levels of products and batch norms, rounded
+    # differently in the two domains: up to 1.3e-4 apart for some draws, so 5e-4 here (a
+    # wrong gradient is off by order one)
+    g_rtol = RTOL[dtype] if dtype == np.float64 else 5e-4
     for name, a, b in zip(names, g_lin, g_log):
         assert a.dtype == dtype and b.dtype == dtype, name
-        assert_close(a, b, dtype, name)
+        err = rel_err(a, b)
+        assert err <= g_rtol, f"{name}: relative error {err:.3e} > {g_rtol}"
     for (m1, v1), (m2, v2) in zip(used_lin, used_log):  # the normalisation statistics
         assert_close(m1, m2, dtype, "mean used")
         assert_close(v1, v2, dtype, "var used")

@@ -29,6 +29,11 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--n-features", type=int, default=None)
     q.add_argument("--constant", action="store_true", help="add the constant feature f_0 = 1")
     q.add_argument("--pooling", default="1d", choices=["1d", "2d"])
+    q.add_argument("--child-weights", default="shared", choices=["shared", "separate"],
+                   help="shared: one 1x1 convolution per level (the paper), which makes every "
+                        "product symmetric in its window's sites (an image and its upper/lower "
+                        "halves swapped score the same); separate: one convolution per window "
+                        "position (a stride-2 kernel), which removes that symmetry")
     q.add_argument("--order", default="row", choices=["row", "column", "z"])
     q.add_argument("--loss", default="cross_entropy", choices=["square", "cross_entropy"])
     q.add_argument("--epochs", type=int, default=10)
@@ -415,7 +420,8 @@ def _train_qcnn(args: argparse.Namespace) -> int:
         n_classes=max(n_classes, 2), d=args.d or (8 if digits else 18),
         feature_map=args.feature_map or ("cos_sin" if digits else "fourier"),
         n_features=args.n_features, constant=args.constant, pooling=args.pooling,
-        order=args.order, loss=args.loss, lr=args.lr, weight_decay=args.weight_decay,
+        child_weights=args.child_weights, order=args.order, loss=args.loss, lr=args.lr,
+        weight_decay=args.weight_decay,
         lr_step=args.lr_step, batch_size=args.batch_size, epochs=args.epochs,
         beta_init=args.beta_init, domain=args.domain, pad=args.pad, dtype=args.dtype,
         random_state=args.seed, verbose=0 if args.quiet else 1)

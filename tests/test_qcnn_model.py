@@ -101,6 +101,9 @@ FD_CASES = {
                                    order="column"),
     "4x4-cos_sin-const-2d": dict(shape=(4, 4), d=2, feature_map="cos_sin", constant=True,
                                  pooling="2d"),
+    "8x8-fourier-1d-separate": dict(shape=(8, 8), d=2, pooling="1d", child_weights="separate"),
+    "4x4-cos_sin-2d-separate": dict(shape=(4, 4), d=3, feature_map="cos_sin", n_features=3,
+                                    pooling="2d", child_weights="separate"),
 }
 
 
@@ -777,3 +780,109 @@ def test_cli_train_qcnn_with_validation_split_and_augmentation(tmp_path, capsys)
     assert len(record["history"]) == 2 and 0 <= record["test_accuracy"] <= 1
     assert main(["train", "qcnn", "--epochs", "1", "--restore-best", "--quiet"]) == 2
     assert main(["train", "qcnn", "--epochs", "1", "--val-split", "1.5", "--quiet"]) == 2
+
+
+# ------------------------------------------------- 8. separate weights per window position
+def _swap_halves(X):
+    """Upper and lower halves exchanged: the two subtrees of the top of row-major pooling."""
+    h = X.shape[1] // 2
+    return np.concatenate([X[:, h:], X[:, :h]], axis=1)
+
+
+def _swap_in_blocks(X):
+    """The two upper pixels of every 2x2 block exchanged (siblings under 2x2 pooling)."""
+    Y = X.copy()
+    Y[:, 0::2, 0::2], Y[:, 0::2, 1::2] = X[:, 0::2, 1::2], X[:, 0::2, 0::2]
+    return Y
+
+
+@pytest.mark.parametrize("pooling,swap", [("1d", _swap_halves), ("2d", _swap_in_blocks)])
+def test_separate_child_weights_break_the_sibling_swap_symmetry(rng, pooling, swap):
+    X, _ = images(rng, 6, (8, 8))
+    Xs = swap(X)
+    assert not np.allclose(X, Xs)
+    for domain in ("linear", "log", "scaled"):
+        shared = make_model(rng, (8, 8), d=4, n_classes=3, pooling=pooling)
+        set_running_stats(shared, rng, shared._sites(X))
+        a = shared._forward_backward(shared._sites(X), None, False, domain)[0]
+        b = shared._forward_backward(shared._sites(Xs), None, False, domain)[0]
+        np.testing.assert_allclose(a, b, rtol=1e-9)  # the paper's model cannot tell them apart
+        sep = make_model(rng, (8, 8), d=4, n_classes=3, pooling=pooling,
+                         child_weights="separate")
+        set_running_stats(sep, rng, sep._sites(X))
+        a = sep._forward_backward(sep._sites(X), None, False, domain)[0]
+        b = sep._forward_backward(sep._sites(Xs), None, False, domain)[0]
+        assert np.min(np.abs(a - b) / (np.abs(a) + np.abs(b))) > 1e-6
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["batch-stats", "running-stats"])
+@pytest.mark.parametrize("pooling", ["1d", "2d"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_separate_child_weights_agree_across_domains(rng, dtype, pooling, training):
+    m = make_model(rng, (8, 8), d=4, n_classes=4, pooling=pooling, loss="cross_entropy",
+                   child_weights="separate", dtype=dtype_name(dtype))
+    X, y = images(rng, 8, (8, 8), 4)
+    chains = m._sites(X)
+    set_running_stats(m, rng, chains)
+    s_lin, _, l_lin, g_lin, _ = m._forward_backward(chains, y, training, "linear")
+    s_log, _, l_log, g_log, _ = m._forward_backward(chains, y, training, "log")
+    assert_close(s_lin, s_log, dtype, "scores")
+    assert abs(l_lin - l_log) <= RTOL[dtype] * max(1.0, abs(l_log)), (l_lin, l_log)
+    g_rtol = RTOL[dtype] if dtype == np.float64 else 5e-4
+    for l, (a, b) in enumerate(zip(g_lin, g_log)):
+        assert a.dtype == dtype and b.dtype == dtype
+        assert rel_err(a, b) <= g_rtol, (l, rel_err(a, b))
+    if not training:  # prediction runs in the scaled domain
+        s_sc = m._forward_backward(chains, None, False, "scaled")[0]
+        assert_close(s_sc, s_lin, dtype, "scaled scores")
+
+
+def test_separate_child_weights_parameters_fit_and_checkpoint(rng, tmp_path):
+    for pooling, window in (("1d", 2), ("2d", 4)):
+        shared, sep = QCNN(d=4, pooling=pooling), QCNN(d=4, pooling=pooling,
+                                                         child_weights="separate")
+        for m in (shared, sep):
+            m._check_config()
+            m._setup((8, 8))
+            m._init_params(rng)
+        conv = sum(w.size for w in shared.weights_[:-1])
+        assert sep.n_params_ == shared.n_params_ + (window - 1) * conv
+        assert all(w.shape[0] == window * d for w, d in zip(sep.weights_, sep.widths_))
+        assert sep.weights_[-1].shape == shared.weights_[-1].shape
+    X, y = images(rng, 30, (8, 8), 3)
+    m = QCNN(n_classes=3, d=2, epochs=2, batch_size=10, loss="cross_entropy",
+             child_weights="separate", random_state=0).fit(X, y)
+    path = tmp_path / "sep.npz"
+    m.save(path)
+    m2 = fasttn.load(path)
+    assert m2.child_weights == "separate"
+    np.testing.assert_array_equal(m2.decision_function(X), m.decision_function(X))
+    with pytest.raises(ValueError, match="child_weights"):
+        QCNN(child_weights="unshared").fit(X, y)
+
+
+def test_separate_child_weights_learn_digits():
+    """The acceptance setting in small: 8x8 digits, where the shared model reaches ~0.8."""
+    from fasttn.data import load_task
+
+    X_tr, y_tr, X_te, y_te = load_task("digits", seed=0)
+    m = QCNN(d=8, feature_map="cos_sin", loss="cross_entropy", beta_init=1.0, epochs=10,
+             child_weights="separate", random_state=0).fit(X_tr, y_tr)
+    assert m.score(X_te, y_te) >= 0.95
+
+
+def test_cli_train_qcnn_child_weights(capsys):
+    from fasttn.cli import main
+
+    assert main(["train", "qcnn", "--n-train", "100", "--n-test", "50", "--epochs", "1",
+                 "--child-weights", "separate", "--quiet"]) == 0
+    assert "child_weights='separate'" in capsys.readouterr().out
+
+
+def test_entropy_rejects_separate_child_weights(rng):
+    from fasttn.analysis.entropy import qcnn_model_entropy
+
+    X, y = images(rng, 20, (8, 8), 3)
+    m = QCNN(n_classes=3, d=2, epochs=1, child_weights="separate", random_state=0).fit(X, y)
+    with pytest.raises(NotImplementedError, match="child_weights='shared'"):
+        qcnn_model_entropy(m)

@@ -315,6 +315,11 @@ def _param(name: str, x: Any, ndim: int) -> np.ndarray:
 def qcnn_model_entropy(model: Any, include_constant_row: bool = False) -> dict:
     """:func:`qcnn_entanglement_entropy` of a fitted :class:`fasttn.QCNN` (its running
     batch-norm statistics fold into the layers)."""
+    if getattr(model, "child_weights", "shared") != "shared":
+        raise NotImplementedError(
+            "qcnn_model_entropy: needs child_weights='shared' (the Gram-matrix computation "
+            "uses one convolution per level; separate window weights give each subtree its "
+            "own state)")
     return qcnn_entanglement_entropy(
         model.weights_, model.gammas_, model.betas_, model.running_means_, model.running_vars_,
         eps=model.eps, window=model.window_, feature_map=model.feature_map,

@@ -24,6 +24,39 @@ from .layer_outputs import gather_layer_outputs
 DOMAINS = ("auto", "linear", "log")
 
 
+def _own_blocks(x_all, window: int):
+    """``(batch, sites, window * d)`` -> ``(batch, sites // window, window, d)``: for window
+    position k, channel block k (its own convolution's output)."""
+    b, s, c = x_all.shape
+    k = np.arange(window)
+    return x_all.reshape(b, s // window, window, window, c // window)[:, :, k, k, :]
+
+
+def _own_blocks_scatter(g, window: int):
+    """Adjoint of :func:`_own_blocks`: zeros outside each position's own block."""
+    xp = array_module(g)
+    b, p, w, d = g.shape
+    out = xp.zeros((b, p, w, w, d), g.dtype)
+    k = np.arange(window)
+    out[:, :, k, k, :] = g
+    return out.reshape(b, p * w, w * d)
+
+
+def _prod_others(xs):
+    """``(..., window, d)`` -> for each position k the product of the other positions
+    (no division, so zero factors are exact)."""
+    xp = array_module(xs)
+    w = xs.shape[-2]
+    out = xp.empty_like(xs)
+    for k in range(w):
+        rest = [xs[..., j, :] for j in range(w) if j != k]
+        acc = rest[0].copy()
+        for r in rest[1:]:
+            acc *= r
+        out[..., k, :] = acc
+    return out
+
+
 @register
 class QCNN(Estimator):
     """Entangled q-convolutional network classifier.
@@ -45,6 +78,16 @@ class QCNN(Estimator):
         Add the constant channel f_0 = 1 to the feature map.
     pooling : {"1d", "2d"}
         Pairs of a flattened chain, or 2x2 windows of the grid.
+    child_weights : {"shared", "separate"}
+        ``shared`` (the paper): one 1x1 convolution for every site, so each level's product
+        is symmetric in the sites of its window and the model cannot tell an image from one
+        with sibling blocks swapped (e.g. its upper and lower halves, for row-major 1D
+        pooling; every permutation of each 2x2 block for 2D pooling). ``separate``: each
+        position in the pooling window has its own convolution (a 2x1 or 2x2 kernel of
+        stride 2, still shared over the image), which removes that symmetry; the tensor
+        network is the same tree with non-symmetric rank-d nodes. Level weights are then
+        stored stacked, ``(window * d_out, d_in)``, rows ``k * d_out:(k + 1) * d_out``
+        for window position k; a level costs ``window`` times the convolution work.
     order : {"row", "column", "z"}
         Flattening order for 1D pooling: row-major puts the top split between the upper and
         lower halves, column-major between left and right; Z order pairs alternately along
@@ -77,7 +120,8 @@ class QCNN(Estimator):
 
     def __init__(self, n_classes: int = 10, d: int = 18, widths: Optional[Sequence[int]] = None,
                  feature_map: str = "fourier", n_features: Optional[int] = None,
-                 constant: bool = False, pooling: str = "1d", order: str = "row",
+                 constant: bool = False, pooling: str = "1d", child_weights: str = "shared",
+                 order: str = "row",
                  loss: str = "square", lr: float = 0.01, weight_decay: float = 0.01,
                  lr_step: int = 10, lr_gamma: float = 0.5, batch_size: int = 50,
                  epochs: int = 10, momentum: float = 0.1, eps: float = 1e-5,
@@ -91,6 +135,7 @@ class QCNN(Estimator):
         self.n_features = n_features
         self.constant = constant
         self.pooling = pooling
+        self.child_weights = child_weights
         self.order = order
         self.loss = loss
         self.lr = lr
@@ -114,6 +159,7 @@ class QCNN(Estimator):
         check_positive_int("d", self.d)
         check_choice("feature_map", self.feature_map, FEATURE_MAPS)
         check_choice("pooling", self.pooling, ("1d", "2d"))
+        check_choice("child_weights", self.child_weights, ("shared", "separate"))
         check_choice("order", self.order, SITE_ORDERS)
         check_choice("loss", self.loss, ("square", "cross_entropy"))
         check_choice("domain", self.domain, DOMAINS)
@@ -167,11 +213,19 @@ class QCNN(Estimator):
                 bound = np.sqrt(6.0 / (d_in + d_out))
             else:  # torch.nn.Linear's default for the classifier
                 bound = 1.0 / np.sqrt(d_in)
-            self.weights_.append(rng.uniform(-bound, bound, (d_out, d_in)).astype(dt))
+            rows = d_out * self._weight_copies(l)
+            self.weights_.append(rng.uniform(-bound, bound, (rows, d_in)).astype(dt))
             self.gammas_.append(np.ones(d_in, dt))
             self.betas_.append(np.full(d_in, self.beta_init, dt))
             self.running_means_.append(np.zeros(d_in))
             self.running_vars_.append(np.ones(d_in))
+
+    def _weight_copies(self, level: int) -> int:
+        """Stacked convolutions of a level: one per window position with separate child
+        weights (not for the classifier head), else one."""
+        if self.child_weights == "separate" and level < self.n_levels_:
+            return self.window_
+        return 1
 
     def _params(self) -> List[np.ndarray]:
         return self.weights_ + self.gammas_ + self.betas_
@@ -218,9 +272,18 @@ class QCNN(Estimator):
             for l in range(L + 1):
                 s = stats if training else (self.running_means_[l], self.running_vars_[l])
                 used.append(s)
-                x, saved, stats = ops.qcnn_level_forward(
-                    x, self.weights_[l], self.gammas_[l], self.betas_[l],
-                    window=win if l < L else 1, eps=self.eps, training=training, stats=s)
+                if self._weight_copies(l) > 1:  # convolve with every copy, pool own blocks
+                    x_all, saved, _ = ops.qcnn_level_forward(
+                        x, self.weights_[l], self.gammas_[l], self.betas_[l],
+                        window=1, eps=self.eps, training=training, stats=s)
+                    xs = _own_blocks(x_all, win)
+                    x = xp.prod(xs, axis=2)
+                    stats = ops.batch_stats(x) if training else None
+                    saved = (saved, xs, x)
+                else:
+                    x, saved, stats = ops.qcnn_level_forward(
+                        x, self.weights_[l], self.gammas_[l], self.betas_[l],
+                        window=win if l < L else 1, eps=self.eps, training=training, stats=s)
                 tapes.append(saved)
                 if record is not None and l < L:
                     record.append(to_numpy(unit_sites(x)))
@@ -231,10 +294,18 @@ class QCNN(Estimator):
                 raise ValueError("the scaled domain is for inference; train in 'linear' or 'log'")
             logscale = xp.zeros(x.shape[:2])
             for l in range(L + 1):
+                copies = self._weight_copies(l)
                 x, logscale = ops.qcnn_level_scaled_forward(
                     x, logscale, self.weights_[l], self.gammas_[l], self.betas_[l],
-                    window=win if l < L else 1, eps=self.eps,
+                    window=win if copies == 1 and l < L else 1, eps=self.eps,
                     stats=(self.running_means_[l], self.running_vars_[l]))
+                if copies > 1:  # pool the own blocks; the site maximum moves to the scale
+                    x = xp.prod(_own_blocks(x, win), axis=2)
+                    b_, p_ = x.shape[:2]
+                    m = xp.max(xp.abs(x), axis=2)
+                    m = xp.where(m > 0, m, 1.0)
+                    x = x / m[..., None].astype(x.dtype)
+                    logscale = logscale.reshape(b_, p_, win).sum(axis=2) + xp.log(m)
                 if record is not None and l < L:  # the log-scale only rescales each site
                     record.append(to_numpy(unit_sites(x)))
             out, logscale = to_numpy(x[:, 0, :]), to_numpy(logscale[:, :1])
@@ -248,9 +319,14 @@ class QCNN(Estimator):
             sg = xp.sign(x).astype(np.int8)
             for l in range(L + 1):
                 s = None if training else (self.running_means_[l], self.running_vars_[l])
+                copies = self._weight_copies(l)
                 la, sg, saved, s_used = ops.qcnn_level_log_forward(
                     la, sg, self.weights_[l], self.gammas_[l], self.betas_[l],
-                    window=win if l < L else 1, eps=self.eps, training=training, stats=s)
+                    window=win if copies == 1 and l < L else 1, eps=self.eps,
+                    training=training, stats=s)
+                if copies > 1:  # pool the own blocks: add log-magnitudes, multiply signs
+                    la = _own_blocks(la, win).sum(axis=2)
+                    sg = xp.prod(_own_blocks(sg, win), axis=2).astype(np.int8)
                 tapes.append(saved)
                 used.append(s_used)
                 if record is not None and l < L:
@@ -272,10 +348,23 @@ class QCNN(Estimator):
             backward = ops.qcnn_level_log_backward
         affine = None  # batch-norm term of each level's input gradient, applied one level down
         for l in range(L, -1, -1):
-            if domain == "linear":  # the first level's input is data: no gradient needed
+            separate = self._weight_copies(l) > 1
+            if domain == "linear" and separate:
+                saved, xs, out = tapes[l]
+                if affine is not None:  # the level above left its batch-norm term to us
+                    scale, shift = (xp.asarray(c, dtype=dt) for c in affine)
+                    g = g - (scale * out + shift)
+                g_all = _own_blocks_scatter(g[:, :, None, :] * _prod_others(xs), win)
+                g, grads_w[l], grads_g[l], grads_b[l], affine = backward(
+                    saved, g_all, need_g_x=l > 0, return_affine=True)
+            elif domain == "linear":  # the first level's input is data: no gradient needed
                 g, grads_w[l], grads_g[l], grads_b[l], affine = backward(
                     tapes[l], g, need_g_x=l > 0, g_out_affine=affine, return_affine=True)
             else:
+                if separate:  # d out_logabs / d logabs of each own block = 1
+                    b_, p_, d_ = g.shape
+                    g = _own_blocks_scatter(
+                        xp.broadcast_to(g[:, :, None, :], (b_, p_, win, d_)), win)
                 g, grads_w[l], grads_g[l], grads_b[l] = backward(tapes[l], g)
             tapes[l] = None  # free each level's saved state as soon as it is used
         return scores, log_scores, loss, grads_w + grads_g + grads_b, used
@@ -493,6 +582,7 @@ class QCNN(Estimator):
             setattr(self, name, [arrays[f"{name}{l}"] for l in range(self.n_levels_ + 1)])
         for l, w in enumerate(self.weights_):
             d_out = dims[l + 1] if l < self.n_levels_ else self.n_classes
+            d_out *= self._weight_copies(l)
             if w.shape != (d_out, dims[l]):
                 raise ValueError(f"checkpoint: weights_{l} has shape {w.shape}, expected "
                                  f"{(d_out, dims[l])}")

@@ -226,6 +226,96 @@ def test_entropy_within_bounds_and_scale_invariant(window, seed):
                                atol=1e-10)
 
 
+# ------------------------------------------- separate convolutions per window position
+
+def separate_params(widths, n_classes, window, rng):
+    """``random_params`` with each level's convolution stacked once per window position."""
+    params = random_params(widths, n_classes, rng)
+    for l in range(len(widths) - 1):
+        params["weights"][l] = rng.normal(size=(window * widths[l + 1], widths[l])) / np.sqrt(
+            widths[l])
+    return params
+
+
+def separate_forward(params, x, window, fmap, n_features, constant):
+    """Site by site, each window position through its own convolution."""
+    zeta = feature_map(x, fmap, n_features, constant, dtype=np.float64)
+    n_levels = len(params["weights"]) - 1
+
+    def bn(z, l):
+        return (params["gammas"][l] * (z - params["running_means"][l])
+                / np.sqrt(params["running_vars"][l] + EPS) + params["betas"][l])
+
+    for l in range(n_levels):
+        w = params["weights"][l]
+        d = w.shape[0] // window
+        z = bn(zeta, l).reshape(-1, window, zeta.shape[1])
+        zeta = np.prod([z[:, k] @ w[k * d:(k + 1) * d].T for k in range(window)], axis=0)
+    return params["weights"][n_levels] @ bn(zeta[0], n_levels)
+
+
+def separate_half_tensors(params, window):
+    """``(phi_A, phi_B, a)`` with ``Psi_y = sum_I a[y, I] phi_A[I] (x) phi_B[I]``."""
+    layers, a = extended_layers(params)  # each (window * D_{l+1} + 1, D_l + 1): split below
+    z = np.eye(layers[0].shape[1])
+    for l, layer in enumerate(layers):
+        d = (layer.shape[0] - 1) // window
+        const = layer[-1:]
+        xs = [np.vstack([layer[k * d:(k + 1) * d], const]) @ z for k in range(window)]
+        if l == len(layers) - 1:
+            half = window // 2
+            phi_a = np.stack([reduce(np.kron, rows) for rows in zip(*xs[:half])])
+            phi_b = np.stack([reduce(np.kron, rows) for rows in zip(*xs[half:])])
+            return phi_a, phi_b, a
+        z = np.stack([reduce(np.kron, rows) for rows in zip(*xs)])
+
+
+@pytest.mark.parametrize("fmap,constant,window,widths,seed", [
+    ("fourier", False, 2, [2, 3, 2, 3], 2),   # N = 8
+    ("cos_sin", False, 2, [2, 2, 3], 8),      # non-orthonormal map
+    ("fourier", True, 4, [3, 2], 0),          # 2x2 window, singular K
+    ("fourier", False, 4, [2, 3], 1),
+])
+def test_separate_child_weights_match_brute_force(fmap, constant, window, widths, seed):
+    rng = np.random.default_rng(seed)
+    params = separate_params(widths, 3, window, rng)
+    phi_a, phi_b, a = separate_half_tensors(params, window)
+    n_pixels = window ** (len(widths) - 1)
+    half = n_pixels // 2
+    for _ in range(4):  # the contracted tensors are the network
+        x = rng.uniform(size=n_pixels)
+        v = local_basis(x, fmap, 2, constant)
+        got = a @ ((phi_a @ reduce(np.kron, v[:half])) * (phi_b @ reduce(np.kron, v[half:])))
+        np.testing.assert_allclose(got, separate_forward(params, x, window, fmap, 2, constant),
+                                   rtol=1e-10, atol=1e-12)
+    k = gram_matrix(fmap, 2, constant, with_constant_channel=True)
+    vals, vecs = np.linalg.eigh(k)
+    root = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+    ortho = reduce(np.kron, [root] * half)  # K^{1/2} on every leg of a half
+    expected = []
+    for a_y in a:
+        s = np.linalg.svd((ortho @ phi_a.T) @ (a_y[:, None] * (phi_b @ ortho.T)),
+                          compute_uv=False)
+        p = s ** 2 / np.sum(s ** 2)
+        p = p[p > 1e-300]
+        expected.append(-np.sum(p * np.log(p)))
+    got = entropy(params, window, fmap, 2, constant, child_weights="separate")["per_class"]
+    np.testing.assert_allclose(got, expected, atol=1e-10, rtol=1e-6)
+    assert np.max(expected) > 0.05  # entangled, so the comparison is not 0 == 0
+    # read as shared weights, the stacked rows are a different (wrong-shaped) network
+    with pytest.raises(ValueError, match=r"weights\[1\]"):
+        entropy(params, window, fmap, 2, constant)
+
+
+def test_separate_child_weights_need_stacked_rows():
+    params = random_params([2, 3, 2], 3, np.random.default_rng(0))
+    params["weights"][0] = np.ones((5, 2))  # 5 rows: not 2 stacked convolutions
+    with pytest.raises(ValueError, match=r"weights\[0\]: expected 2 stacked"):
+        entropy(params, 2, "fourier", 2, False, child_weights="separate")
+    with pytest.raises(ValueError, match="child_weights"):
+        entropy(params, 2, "fourier", 2, False, child_weights="own")
+
+
 def naive_top_gram(params, window, k):
     """The Gram recursion without rescaling, to show that depth 20 needs it."""
     layers, _ = extended_layers(params)
@@ -267,7 +357,7 @@ def test_indefinite_gram_raises():
     q, _ = np.linalg.qr(rng.normal(size=(4, 4)))
     n = (q * np.array([1.0, 0.8, 0.6, -0.5])) @ q.T  # not a Gram matrix
     with pytest.raises(ValueError, match="class 2: .* eigenvalue"):
-        _class_entropies(n, rng.normal(size=(3, 4)))
+        _class_entropies(n, n, rng.normal(size=(3, 4)))
 
 
 def _bad(mutate, **kw):

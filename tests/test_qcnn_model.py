@@ -879,10 +879,17 @@ def test_cli_train_qcnn_child_weights(capsys):
     assert "child_weights='separate'" in capsys.readouterr().out
 
 
-def test_entropy_rejects_separate_child_weights(rng):
+def test_entropy_of_separate_child_weights(rng):
+    """The model's stacked weights reach the Gram recursion per window position (the
+    recursion itself is checked against brute force in test_entropy.py)."""
     from fasttn.analysis.entropy import qcnn_model_entropy
 
     X, y = images(rng, 20, (8, 8), 3)
     m = QCNN(n_classes=3, d=2, epochs=1, child_weights="separate", random_state=0).fit(X, y)
-    with pytest.raises(NotImplementedError, match="child_weights='shared'"):
+    ent = qcnn_model_entropy(m)
+    assert np.all(np.isfinite(ent["per_class"]))
+    assert np.all((ent["per_class"] >= 0) & (ent["per_class"] <= ent["max_entropy"] + 1e-12))
+    # the same weights read as one shared convolution do not fit the widths
+    m.child_weights = "shared"
+    with pytest.raises(ValueError, match="weights"):
         qcnn_model_entropy(m)

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import scipy.linalg
 
-from .._validate import check_finite, check_float_array
+from .._validate import check_choice, check_finite, check_float_array
 from ..backend import to_numpy
 from ..ops.feature_maps import gram_matrix, n_channels
 
@@ -46,6 +46,7 @@ def qcnn_entanglement_entropy(
     n_features: int,
     constant: bool,
     include_constant_row: bool = False,
+    child_weights: str = "shared",
 ) -> dict[str, Any]:
     """Entanglement entropy of each normalised class state across the top bipartition.
 
@@ -80,6 +81,10 @@ def qcnn_entanglement_entropy(
     include_constant_row : bool
         Also return the entropy of the constant row of the extended classifier (the constant
         function: a product state, so ~0; the reference code logs it as a sanity check).
+    child_weights : {"shared", "separate"}
+        ``separate``: ``weights[l]`` for ``l < L`` stacks one convolution per window position,
+        ``(window * d_{l+1}, d_l)``, rows ``k * d_{l+1}:(k + 1) * d_{l+1}`` for position k
+        (:class:`fasttn.QCNN` with ``child_weights="separate"``).
 
     Returns
     -------
@@ -115,21 +120,28 @@ def qcnn_entanglement_entropy(
     ``G_{L-1}``. For the half Gram ``N`` the reduced density matrix has the nonzero spectrum of
     ``M_y = N^{1/2} diag(a_y) N diag(a_y) N^{1/2}`` (eqs. 42-43), so
     ``S_y = -sum p log p`` with ``p = m / sum m`` (eqs. 44-45).
+
+    With separate weights per window position ``k`` the Hadamard power becomes the product
+    ``o_k F_{l,k} G_l F_{l,k}^T`` (every site of a level still has the same Gram matrix), and
+    the two halves of the top have their own Grams ``N_A`` and ``N_B``:
+    ``M_y = N_A^{1/2} diag(a_y) N_B diag(a_y) N_A^{1/2}``.
     """
+    check_choice("child_weights", child_weights, ("shared", "separate"))
     layers, top = _validated_layers(weights, gammas, betas, running_means, running_vars,
                                     eps=eps, window=window, feature_map=feature_map,
-                                    n_features=n_features, constant=constant)
+                                    n_features=n_features, constant=constant,
+                                    copies=window if child_weights == "separate" else 1)
     k = _feature_gram(feature_map, n_features, constant)
     n_half = _half_system_gram(layers, k, window)
     coeffs = top[:-1]
-    per_class = _class_entropies(n_half, coeffs)
+    per_class = _class_entropies(*n_half, coeffs)
     result: dict[str, Any] = {
         "per_class": per_class,
         "mean": float(np.mean(per_class)),
         "max_entropy": float(np.log(top.shape[1])),
     }
     if include_constant_row:
-        result["constant_row"] = float(_class_entropies(n_half, top[-1:])[0])
+        result["constant_row"] = float(_class_entropies(*n_half, top[-1:])[0])
     return result
 
 
@@ -159,56 +171,69 @@ def _fold_batchnorm_conv(weight: np.ndarray, gamma: np.ndarray, beta: np.ndarray
     return extended
 
 
-def _half_system_gram(layers: Sequence[np.ndarray], k: np.ndarray, window: int) -> np.ndarray:
-    """Gram matrix ``<phi_I | phi_J>`` of the states of one half of the top bipartition.
+def _half_system_gram(layers: Sequence[Sequence[np.ndarray]], k: np.ndarray,
+                      window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gram matrices ``<phi_I | phi_J>`` of the states of the two halves of the top
+    bipartition.
 
     Parameters
     ----------
-    layers : L arrays, ``layers[l] : (D_{l+1}, D_l)``
-        Extended level matrices from :func:`_fold_batchnorm_conv`.
+    layers : L sequences of arrays, ``layers[l][c] : (D_{l+1}, D_l)``
+        Extended level matrices from :func:`_fold_batchnorm_conv`: one per level (shared
+        weights), or one per window position.
     k : (D_0, D_0)
         Gram matrix of the feature map with the constant channel appended.
     window : {2, 4}
 
     Returns
     -------
-    n_half : (D_L, D_L)
-        Positive semi-definite, scaled so that its largest entry is 1.
+    n_a, n_b : (D_L, D_L)
+        Positive semi-definite, each scaled so that its largest entry is 1; the same array
+        twice with shared weights.
     """
     n = k
-    for level, layer in enumerate(layers):
-        g = layer @ n @ layer.T
-        # Each level squares (w = 2) or raises to the 4th power (w = 4) every entry, so at 20
-        # levels the raw entries leave float64; the entropy is scale-invariant, so divide by
-        # the largest entry. It is positive: the constant-constant entry stays positive.
-        g = g / np.max(np.abs(g))
-        # The pooling ends here at the top level: half of the window's members per half image.
-        power = window // 2 if level == len(layers) - 1 else window
-        n = g ** power  # Hadamard power: the delta tensor over disjoint patches
-    return n
+    for level, copies in enumerate(layers):
+        # Every factor is scaled to a largest entry of 1: each level squares (w = 2) or raises
+        # to the 4th power (w = 4) every entry, so at 20 levels the raw entries leave float64,
+        # and the entropy is scale-invariant. The constant-constant entry stays positive.
+        grams = [g / np.max(np.abs(g)) for g in (layer @ n @ layer.T for layer in copies)]
+        # the product of functions of disjoint pixel sets: Hadamard product of their Grams
+        members = [grams[pos % len(grams)] for pos in range(window)]
+        if level < len(layers) - 1:
+            n = functools.reduce(np.multiply, members)
+            continue
+        # the top pooling: half of the window's members on each side of the bipartition
+        halves = (members[:window // 2], members[window // 2:])
+        if len(copies) == 1:
+            n_half = functools.reduce(np.multiply, halves[0])
+            return n_half, n_half
+        n_a, n_b = (functools.reduce(np.multiply, h) for h in halves)
+        return n_a, n_b
+    raise ValueError("layers: expected at least one pooling level")
 
 
-def _class_entropies(n_half: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
-    """Von Neumann entropies of ``Psi_y = sum_I coeffs[y, I] phi_I (x) phi_I``.
+def _class_entropies(n_a: np.ndarray, n_b: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
+    """Von Neumann entropies of ``Psi_y = sum_I coeffs[y, I] phi^A_I (x) phi^B_I``.
 
     Parameters
     ----------
-    n_half : (D, D)
-        Gram matrix of the half states ``phi_I``.
+    n_a, n_b : (D, D)
+        Gram matrices of the half states ``phi^A_I`` and ``phi^B_I`` (the same with shared
+        weights).
     coeffs : (C, D)
 
     Returns
     -------
     entropies : (C,)
     """
-    root = _psd_sqrt(n_half)
-    b = root[None, :, :] * coeffs[:, None, :]  # N^{1/2} diag(a_y), all classes at once
-    m = b @ n_half @ b.transpose(0, 2, 1)
+    root = _psd_sqrt(n_a)
+    b = root[None, :, :] * coeffs[:, None, :]  # N_A^{1/2} diag(a_y), all classes at once
+    m = b @ n_b @ b.transpose(0, 2, 1)
     m = (m + m.transpose(0, 2, 1)) / 2  # exact symmetry for eigh
     # Squared norms of the states, and the same sum without sign cancellations: a state far
     # below its bound is zero up to rounding and its spectrum is noise.
-    norm2 = np.einsum("yi,ij,yj->y", coeffs, n_half * n_half, coeffs)
-    bound = np.einsum("yi,ij,yj->y", np.abs(coeffs), n_half * n_half, np.abs(coeffs))
+    norm2 = np.einsum("yi,ij,yj->y", coeffs, n_a * n_b, coeffs)
+    bound = np.einsum("yi,ij,yj->y", np.abs(coeffs), np.abs(n_a * n_b), np.abs(coeffs))
     out = np.full(coeffs.shape[0], np.nan)
     for y in range(coeffs.shape[0]):
         if bound[y] > 0 and norm2[y] > ZERO_STATE_TOL * bound[y]:
@@ -247,8 +272,11 @@ def _psd_sqrt(n: np.ndarray) -> np.ndarray:
 
 
 def _validated_layers(weights, gammas, betas, running_means, running_vars, *, eps, window,
-                      feature_map, n_features, constant) -> tuple[list[np.ndarray], np.ndarray]:
-    """Check the parameters once and fold them: ``(L level matrices, extended top)``.
+                      feature_map, n_features, constant,
+                      copies: int = 1) -> tuple[list[list[np.ndarray]], np.ndarray]:
+    """Check the parameters once and fold them: ``(L lists of level matrices, extended
+    top)``, each list holding ``copies`` matrices (one per window position when the
+    convolutions of a level are stacked, ``weights[l] : (copies * d_{l+1}, d_l)``).
 
     The top comes back as ``(C + 1, D_L)``: the classifier rows, then the constant row.
     """
@@ -283,10 +311,18 @@ def _validated_layers(weights, gammas, betas, running_means, running_vars, *, ep
         if np.any(vecs["running_vars"] + eps <= 0):
             raise ValueError(f"running_vars[{level}]: expected running_vars + eps > 0, got a "
                              f"minimum of {float(np.min(vecs['running_vars'] + eps))}")
-        folded.append(_fold_batchnorm_conv(w, vecs["gammas"], vecs["betas"],
-                                          vecs["running_means"], vecs["running_vars"], eps))
-        d_in = w.shape[0]
-    return folded[:-1], folded[-1]
+        n_copies = copies if level < n_layers - 1 else 1  # the classifier is one map
+        if w.shape[0] % n_copies:
+            raise ValueError(f"weights[{level}]: expected {n_copies} stacked convolutions "
+                             f"(one per window position), so a row count divisible by "
+                             f"{n_copies}, got {w.shape}")
+        rows = w.shape[0] // n_copies
+        folded.append([_fold_batchnorm_conv(w[c * rows:(c + 1) * rows], vecs["gammas"],
+                                            vecs["betas"], vecs["running_means"],
+                                            vecs["running_vars"], eps)
+                       for c in range(n_copies)])
+        d_in = rows
+    return folded[:-1], folded[-1][0]
 
 
 def _check_window(window: Any) -> None:
@@ -315,16 +351,12 @@ def _param(name: str, x: Any, ndim: int) -> np.ndarray:
 def qcnn_model_entropy(model: Any, include_constant_row: bool = False) -> dict:
     """:func:`qcnn_entanglement_entropy` of a fitted :class:`fasttn.QCNN` (its running
     batch-norm statistics fold into the layers)."""
-    if getattr(model, "child_weights", "shared") != "shared":
-        raise NotImplementedError(
-            "qcnn_model_entropy: needs child_weights='shared' (the Gram-matrix computation "
-            "uses one convolution per level; separate window weights give each subtree its "
-            "own state)")
     return qcnn_entanglement_entropy(
         model.weights_, model.gammas_, model.betas_, model.running_means_, model.running_vars_,
         eps=model.eps, window=model.window_, feature_map=model.feature_map,
         n_features=model._n_features(), constant=model.constant,
-        include_constant_row=include_constant_row)
+        include_constant_row=include_constant_row,
+        child_weights=getattr(model, "child_weights", "shared"))
 
 
 def entropy_callback(model: Any, epoch: int, record: dict) -> dict:

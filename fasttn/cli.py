@@ -361,8 +361,11 @@ def _add_train_mera(models: argparse._SubParsersAction) -> None:
     q.add_argument("--feature-map", default="cos_sin", choices=["fourier", "legendre", "cos_sin"])
     q.add_argument("--no-constant", action="store_true", help="no constant feature channel")
     q.add_argument("--init", default="random", choices=["random", "identity"])
-    q.add_argument("--constraint", default="none", choices=["none", "isometric"],
-                   help="keep every tensor but the class map an isometry (polar retraction)")
+    q.add_argument("--constraint", default="none", choices=["none", "isometric", "norm"],
+                   help="isometric: keep every tensor but the class map an isometry (polar "
+                        "retraction); norm: keep the norm of every tensor below the last level "
+                        "fixed (the scores do not depend on it): at 64x64 and larger it "
+                        "leaves the chaotic random start more reliably")
     q.add_argument("--epochs", type=int, default=10)
     q.add_argument("--batch-size", type=int, default=32)
     q.add_argument("--lr", type=float, default=0.005)

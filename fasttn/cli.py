@@ -21,6 +21,7 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--n-train", type=int, default=None, help="use the first N training images")
     q.add_argument("--n-test", type=int, default=None, help="use the first N test images")
     q.add_argument("--data-dir", default=None)
+    _add_needle_source_options(q)
     q.add_argument("--d", type=int, default=None,
                    help="base width; widths d*(l+1) (default 18, or 8 for digits)")
     q.add_argument("--feature-map", default=None, choices=["fourier", "legendre", "cos_sin"],
@@ -288,6 +289,20 @@ def _add_image_data_options(q: argparse.ArgumentParser) -> None:
     q.add_argument("--n-train", type=int, default=None, help="use the first N training images")
     q.add_argument("--n-test", type=int, default=None, help="use the first N test images")
     q.add_argument("--data-dir", default=None)
+    _add_needle_source_options(q)
+
+
+def _add_needle_source_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--needle-source", default="digits", choices=["digits", "mnist", "fashion"],
+                   help="needle: where its digits come from (digits: the embedded scikit-learn "
+                        "set; mnist / fashion: IDX files, a Fashion-MNIST class as the needle)")
+    q.add_argument("--needle-target", type=int, default=3,
+                   help="needle: the target class (3: the protocol's digit; Fashion: dress)")
+
+
+def _needle_kwargs(args: argparse.Namespace) -> dict:
+    """The needle options for :func:`fasttn.data.load_task`."""
+    return {"needle_source": args.needle_source, "needle_target": args.needle_target}
 
 
 _DEFAULT_SIZE = object()
@@ -300,8 +315,11 @@ def _image_task(args: argparse.Namespace, size=_DEFAULT_SIZE):
 
     if size is _DEFAULT_SIZE:
         size = args.size or {"digits": None, "needle": 128}.get(args.dataset, 16)
+    # a needle set is generated to the counts asked for; the others are cut after loading
+    counts = ({"n_train": args.n_train, "n_test": args.n_test} if args.dataset == "needle"
+              else {})
     X_tr, y_tr, X_te, y_te = load_task(args.dataset, size=size, data_dir=args.data_dir,
-                                       seed=args.seed)
+                                       seed=args.seed, **counts, **_needle_kwargs(args))
     if args.classes:
         classes = [int(c) for c in args.classes.split(",")]
         X_tr, y_tr = select_classes(X_tr, y_tr, classes)
@@ -356,6 +374,7 @@ def _add_train_mera(models: argparse._SubParsersAction) -> None:
     q.add_argument("--n-train", type=int, default=None)
     q.add_argument("--n-test", type=int, default=None)
     q.add_argument("--data-dir", default=None)
+    _add_needle_source_options(q)
     q.add_argument("--chi", type=int, default=4, help="bond dimension of the level outputs")
     q.add_argument("--bond", type=int, default=None, help="disentangler legs (default chi)")
     q.add_argument("--feature-map", default="cos_sin", choices=["fourier", "legendre", "cos_sin"])
@@ -386,7 +405,7 @@ def _train_mera(args: argparse.Namespace) -> int:
     size = args.size or (64 if args.dataset == "needle" else 16)
     X_tr, y_tr, X_te, y_te = load_task(args.dataset, size=size, n_train=args.n_train,
                                        n_test=args.n_test, data_dir=args.data_dir,
-                                       seed=args.seed)
+                                       seed=args.seed, **_needle_kwargs(args))
     n_classes = int(max(y_tr.max(), y_te.max())) + 1
     model = fasttn.MERA2D(n_classes=max(n_classes, 2), chi=args.chi, bond=args.bond,
                           feature_map=args.feature_map, constant=not args.no_constant,
@@ -416,7 +435,7 @@ def _train_qcnn(args: argparse.Namespace) -> int:
 
     X_tr, y_tr, X_te, y_te = load_task(args.dataset, size=args.size, n_train=args.n_train,
                                        n_test=args.n_test, data_dir=args.data_dir,
-                                       seed=args.seed)
+                                       seed=args.seed, **_needle_kwargs(args))
     digits = args.dataset == "digits"
     n_classes = int(max(y_tr.max(), y_te.max())) + 1
     model = fasttn.QCNN(

@@ -337,3 +337,22 @@ def test_damaged_cache_is_reported(tmp_path):
     (out / "labels.npy").unlink()
     with pytest.raises(DatasetNotFoundError, match="labels.npy"):
         load_needle_dataset(out)
+
+
+@needs_fashion
+def test_load_task_and_cli_take_the_needle_source(capsys):
+    from fasttn.cli import main
+    from fasttn.data import load_task
+
+    X, y, Xt, yt = load_task("needle", size=64, n_train=8, n_test=4, needle_source="fashion",
+                             needle_target=1)
+    assert X.shape == (8, 64, 64) and Xt.shape == (4, 64, 64)
+    assert set(y.tolist()) == {0, 1} and X.dtype == np.float32 and X.max() > 0.5
+    # the same layouts as the generator itself: the source and target reached it
+    ref = needle_mnist(size=64, split="train", seed=0, count=8, source="fashion", target=1)
+    np.testing.assert_array_equal(X, ref.arrays()[0])
+    assert not np.array_equal(X, load_task("needle", size=64, n_train=8)[0])
+    assert main(["train", "mera", "--dataset", "needle", "--size", "64", "--n-train", "8",
+                 "--n-test", "4", "--needle-source", "fashion", "--needle-target", "1",
+                 "--epochs", "1", "--quiet"]) == 0
+    assert "8 train / 4 test images of 64x64" in capsys.readouterr().out

@@ -14,7 +14,7 @@ Arrays = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 def load_task(name: str, size: Optional[int] = None, n_train: Optional[int] = None,
               n_test: Optional[int] = None, data_dir: Optional[str | os.PathLike] = None,
-              seed: int = 0) -> Arrays:
+              seed: int = 0, needle_source: str = "digits", needle_target: int = 3) -> Arrays:
     """``(X_train, y_train, X_test, y_test)`` for a named task, images float32 in [0, 1].
 
     Parameters
@@ -22,12 +22,17 @@ def load_task(name: str, size: Optional[int] = None, n_train: Optional[int] = No
     name : {"digits", "fashion-mnist", "mnist", "needle"}
         ``digits``: the scikit-learn 8x8 digits (always available), a stratified 80/20 split
         drawn with ``seed``. ``fashion-mnist`` / ``mnist``: the IDX train and test files.
-        ``needle``: NeedleMNIST (target 3 vs not) at canvas ``size`` (default 128), train and
-        test splits of the protocol, drawn from the scikit-learn digits.
+        ``needle``: NeedleMNIST (target vs not) at canvas ``size`` (default 128), train and
+        test splits of the protocol, drawn from ``needle_source``.
     size : int, optional
         Resize to ``size x size`` (the q-CNN paper uses 16 for (Fashion-)MNIST).
     n_train, n_test : int, optional
-        Keep only the first examples of each split.
+        Keep only the first examples of each split (``needle``: generate that many; past the
+        protocol's length the needles recur with fresh layouts).
+    needle_source : {"digits", "mnist", "fashion"}
+        Where ``needle`` draws its digits (see :func:`fasttn.data.needle_mnist`).
+    needle_target : int
+        The needle's class in that source (3: the protocol's digit; for Fashion-MNIST, dress).
     """
     check_choice("name", name, TASKS)
     if name == "digits":
@@ -42,8 +47,10 @@ def load_task(name: str, size: Optional[int] = None, n_train: Optional[int] = No
         from .needle import needle_mnist
 
         side = size or 128
-        train = needle_mnist(size=side, split="train", seed=seed, count=n_train)
-        test = needle_mnist(size=side, split="test", seed=seed, count=n_test)
+        kw = dict(size=side, seed=seed, source=needle_source, target=needle_target,
+                  data_dir=data_dir)
+        train = needle_mnist(split="train", count=n_train, **kw)
+        test = needle_mnist(split="test", count=n_test, **kw)
         X_tr, y_tr = train.arrays()
         X_te, y_te = test.arrays()
     else:

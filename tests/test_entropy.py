@@ -44,8 +44,9 @@ def entropy(params, window, fmap, n_features, constant, **kw):
                                      n_features=n_features, constant=constant, **kw)
 
 
-def forward(params, x, window, fmap, n_features, constant):
-    """The network exactly as the model runs it, site by site: x (N,) -> alpha (C,)."""
+def forward(params, x, window, fmap, n_features, constant, separate=False):
+    """The network exactly as the model runs it, site by site: x (N,) -> alpha (C,). With
+    ``separate``, each window position goes through its own block of the stacked weights."""
     zeta = feature_map(x, fmap, n_features, constant, dtype=np.float64)
     n_levels = len(params["weights"]) - 1
 
@@ -54,8 +55,10 @@ def forward(params, x, window, fmap, n_features, constant):
                 / np.sqrt(params["running_vars"][l] + EPS) + params["betas"][l])
 
     for l in range(n_levels):
-        xi = bn(zeta, l) @ params["weights"][l].T
-        zeta = xi.reshape(-1, window, xi.shape[1]).prod(axis=1)
+        w = params["weights"][l]
+        z = bn(zeta, l).reshape(-1, window, zeta.shape[1])
+        blocks = np.split(w, window) if separate else [w] * window
+        zeta = np.prod([z[:, k] @ blocks[k].T for k in range(window)], axis=0)
     assert zeta.shape[0] == 1
     return params["weights"][n_levels] @ bn(zeta[0], n_levels)
 
@@ -237,23 +240,6 @@ def separate_params(widths, n_classes, window, rng):
     return params
 
 
-def separate_forward(params, x, window, fmap, n_features, constant):
-    """Site by site, each window position through its own convolution."""
-    zeta = feature_map(x, fmap, n_features, constant, dtype=np.float64)
-    n_levels = len(params["weights"]) - 1
-
-    def bn(z, l):
-        return (params["gammas"][l] * (z - params["running_means"][l])
-                / np.sqrt(params["running_vars"][l] + EPS) + params["betas"][l])
-
-    for l in range(n_levels):
-        w = params["weights"][l]
-        d = w.shape[0] // window
-        z = bn(zeta, l).reshape(-1, window, zeta.shape[1])
-        zeta = np.prod([z[:, k] @ w[k * d:(k + 1) * d].T for k in range(window)], axis=0)
-    return params["weights"][n_levels] @ bn(zeta[0], n_levels)
-
-
 def separate_half_tensors(params, window):
     """``(phi_A, phi_B, a)`` with ``Psi_y = sum_I a[y, I] phi_A[I] (x) phi_B[I]``."""
     layers, a = extended_layers(params)  # each (window * D_{l+1} + 1, D_l + 1): split below
@@ -286,7 +272,7 @@ def test_separate_child_weights_match_brute_force(fmap, constant, window, widths
         x = rng.uniform(size=n_pixels)
         v = local_basis(x, fmap, 2, constant)
         got = a @ ((phi_a @ reduce(np.kron, v[:half])) * (phi_b @ reduce(np.kron, v[half:])))
-        np.testing.assert_allclose(got, separate_forward(params, x, window, fmap, 2, constant),
+        np.testing.assert_allclose(got, forward(params, x, window, fmap, 2, constant, separate=True),
                                    rtol=1e-10, atol=1e-12)
     k = gram_matrix(fmap, 2, constant, with_constant_channel=True)
     vals, vecs = np.linalg.eigh(k)

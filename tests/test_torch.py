@@ -448,3 +448,13 @@ def test_missing_torch_says_how_to_install():
                 "try:\n    import fasttn.torch\nexcept ImportError as e:\n    print(e)\n")
     assert r.returncode == 0, r.stderr
     assert "pip install 'fasttn[torch]'" in r.stdout
+
+
+def test_cuda_paths_are_the_ops_with_a_device_module():
+    """The ops whose CUDA tensors fasttn admits: those with an ``ops/<op>/cuda.py`` (and
+    tree_node's array-module spec); the MPO contraction stays on the host."""
+    from fasttn.torch.bridge import has_cuda_path
+
+    for op in ("product_pool", "qcnn_level", "mera_block", "tree_node"):
+        assert has_cuda_path(op), op
+    assert not has_cuda_path("mpo_apply") and not has_cuda_path("no_such_op")

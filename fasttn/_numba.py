@@ -25,3 +25,30 @@ def njit(*args, parallel: bool = False, fastmath: bool = False, **kwargs):
 
 
 prange = numba.prange
+
+
+def _timestamp_py() -> int:
+    import time
+
+    return time.perf_counter_ns()
+
+
+if _DISABLED:
+    timestamp = _timestamp_py
+else:
+    from llvmlite import ir as _ir
+    from numba import types as _types
+    from numba.extending import intrinsic as _intrinsic
+
+    @_intrinsic
+    def _readcyclecounter(typingctx):
+        def codegen(context, builder, signature, args):
+            fn = builder.module.declare_intrinsic("llvm.readcyclecounter", [],
+                                                  _ir.FunctionType(_ir.IntType(64), []))
+            return builder.call(fn, [])
+        return _types.int64(), codegen
+
+    @numba.njit(cache=True, nogil=True)
+    def timestamp():
+        """A cycle counter (``rdtsc`` on x86) for profiling inside kernels; ticks, not seconds."""
+        return _readcyclecounter()

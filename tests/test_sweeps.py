@@ -6,7 +6,7 @@ import pytest
 
 from conftest import check_gradient, rel_err
 from fasttn.ops.mpo import mpo_to_dense
-from fasttn.train.sweeps import MPOSweep, run_sweep, sweep_schedule
+from fasttn.train.sweeps import CompiledMPOSweep, MPOSweep, run_sweep, sweep_schedule
 from test_mpo import random_cores
 
 
@@ -15,19 +15,24 @@ def test_schedule_goes_right_then_back():
                                  (1, "left"), (0, "left")]
 
 
+# the NumPy path and the compiled sweep's kernels (contractions, warm-started split)
+SWEEPS = [MPOSweep, CompiledMPOSweep]
+
+
+@pytest.mark.parametrize("sweep_cls", SWEEPS)
 @pytest.mark.parametrize("in_dims,out_dims,bond", [((2,) * 6, (2,) * 6, 4),
                                                     ((3, 2, 2, 3), (2, 3, 2, 2), 3)])
-def test_untruncated_split_leaves_the_weight_unchanged(rng, in_dims, out_dims, bond):
+def test_untruncated_split_leaves_the_weight_unchanged(rng, in_dims, out_dims, bond, sweep_cls):
     cores = random_cores(rng, in_dims, out_dims, bond)
     w0 = mpo_to_dense(cores)
-    sweep = MPOSweep(list(cores), max_bond=10_000)
+    sweep = sweep_cls(list(cores), max_bond=10_000)
     for k, direction in sweep.schedule:
         b = sweep.bond_tensor(k)
         assert rel_err(sweep.dense_from_bond(k, b), w0) < 1e-12
         sweep.split(k, b, direction)
         assert rel_err(mpo_to_dense(sweep.cores), w0) < 1e-10
         # the environment the sweep moves on with is the one recomputed from scratch
-        fresh = MPOSweep(list(sweep.cores), max_bond=10_000)
+        fresh = sweep_cls(list(sweep.cores), max_bond=10_000)
         if direction == "right":
             assert rel_err(sweep.pre[k + 1], fresh.pre[k + 1]) < 1e-12
         else:
@@ -35,9 +40,10 @@ def test_untruncated_split_leaves_the_weight_unchanged(rng, in_dims, out_dims, b
     assert rel_err(sweep.dense(), w0) < 1e-10
 
 
-def test_truncated_split_keeps_the_bond_dimension(rng):
+@pytest.mark.parametrize("sweep_cls", SWEEPS)
+def test_truncated_split_keeps_the_bond_dimension(rng, sweep_cls):
     cores = random_cores(rng, (2,) * 5, (2,) * 5, 3)
-    sweep = MPOSweep(list(cores), max_bond=3)
+    sweep = sweep_cls(list(cores), max_bond=3)
     b = sweep.bond_tensor(1) + 0.1 * rng.standard_normal(sweep.bond_tensor(1).shape)
     sweep.split(1, b, "right")
     assert sweep.cores[1].shape[3] == 3
@@ -47,7 +53,8 @@ def test_truncated_split_keeps_the_bond_dimension(rng):
     assert abs(sweep.discarded[1] - np.sqrt(np.sum(s[3:] ** 2))) < 1e-10
 
 
-def test_bond_gradient_matches_finite_differences(rng):
+@pytest.mark.parametrize("sweep_cls", SWEEPS)
+def test_bond_gradient_matches_finite_differences(rng, sweep_cls):
     cores = random_cores(rng, (2, 3, 2, 2), (2, 2, 3, 2), 3)
     x = rng.standard_normal((7, 24))
     t = rng.standard_normal((7, 24))
@@ -58,7 +65,7 @@ def test_bond_gradient_matches_finite_differences(rng):
     def grad_of_w(w):
         return x.T @ ((1 - np.tanh(x @ w) ** 2) * t)
 
-    sweep = MPOSweep(list(cores), max_bond=100)
+    sweep = sweep_cls(list(cores), max_bond=100)
     for k in (0, 1, 2):
         b = sweep.bond_tensor(k)
         g_b = sweep.bond_grad(k, grad_of_w(sweep.dense_from_bond(k, b)))
@@ -66,7 +73,8 @@ def test_bond_gradient_matches_finite_differences(rng):
         sweep.split(k, b, "right")
 
 
-def test_sweep_loss_change_is_first_order(rng):
+@pytest.mark.parametrize("sweep_cls", SWEEPS)
+def test_sweep_loss_change_is_first_order(rng, sweep_cls):
     """Tiny steps, no truncation: the change over a sweep is -lr * sum of |dL/dB|^2."""
     cores = random_cores(rng, (2,) * 4, (2,) * 4, 2)
     x = rng.standard_normal((9, 16))
@@ -77,7 +85,7 @@ def test_sweep_loss_change_is_first_order(rng):
         return float(np.sum(np.tanh(z) * t)), [x.T @ ((1 - np.tanh(z) ** 2) * t)], None
 
     lr = 1e-7
-    sweep = MPOSweep(list(cores), max_bond=10_000)
+    sweep = sweep_cls(list(cores), max_bond=10_000)
     loss0 = fb([mpo_to_dense(cores)])[0]
     squares = []  # |dL/dB|^2 at each step, in the gauge the sweep is in at that step
     bond_grad = sweep.bond_grad

@@ -1,6 +1,7 @@
 """TNN benchmarks: one DMRG-like PaL sweep of the paper's model (6-site MPO, 64 units,
 batch 600) against the plain NumPy loop over bonds of ``baselines/numpy_tnn.py``, from the
-same weights in the same process.
+same weights in the same process. fasttn runs its default (compiled) sweep engine; its
+compilation happens in ``setup`` (see ``tnn_workloads``).
 
 ``python -m benchmarks.tnn_workloads`` (from ``bench/``) prints the same figures without asv.
 """

@@ -29,6 +29,7 @@ from .tnn_layers import (Dense, Layer, TNLayer, activation_forward, fusable, fus
 LOSSES = ("auto", "cross_entropy", "mse")
 SOLVERS = ("adam", "sweep")
 SCHEDULES = ("pal", "lbl")
+SWEEP_ENGINES = ("auto", "compiled", "python")
 
 
 def _as_layers(layers: Sequence[Any]) -> List[Layer]:
@@ -83,6 +84,12 @@ class TNN(Estimator):
         dimension and weight scale.
     cutoff : float
         Relative singular-value cutoff of the sweeps' SVDs (0 keeps ``bond_dim``).
+    sweep_engine : {"auto", "compiled", "python"}
+        How sweeps run. ``compiled``: a whole PaL sweep in one Numba call
+        (``train/pal_compiled.py``), for frozen Dense layers (or none) -> one TNLayer ->
+        one trainable Dense head; same results as ``python`` (the layer objects and
+        ``run_sweep``, any network) to rounding. ``auto`` takes ``compiled`` when the
+        network and schedule allow it; ``compiled`` raises when they do not.
     epochs : int
         Passes over the data (Adam) or sweeps (sweep solver).
     batch_size : int, optional
@@ -98,7 +105,8 @@ class TNN(Estimator):
                  schedule: str = "pal", lr: float = 0.01, sweep_lr: float = 0.1,
                  sweep_step: str = "plain",
                  cutoff: float = 0.0, epochs: int = 100, batch_size: Optional[int] = None,
-                 dtype: Any = "float64", random_state: Optional[int] = None, verbose: int = 0):
+                 dtype: Any = "float64", random_state: Optional[int] = None, verbose: int = 0,
+                 sweep_engine: str = "auto"):
         self.layers = [l.get_config() if isinstance(l, Layer) else dict(l) for l in
                        _as_layers(layers)] if len(layers) else []
         self.loss = loss
@@ -113,6 +121,7 @@ class TNN(Estimator):
         self.dtype = dtype
         self.random_state = random_state
         self.verbose = verbose
+        self.sweep_engine = sweep_engine
 
     # -- configuration ------------------------------------------------------------------
     def _check_config(self) -> None:
@@ -122,6 +131,7 @@ class TNN(Estimator):
         check_choice("solver", self.solver, SOLVERS)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("sweep_step", self.sweep_step, ("plain", "scaled"))
+        check_choice("sweep_engine", self.sweep_engine, SWEEP_ENGINES)
         check_dtype("dtype", self.dtype)
         check_positive_int("epochs", self.epochs)
         if self.batch_size is not None:
@@ -234,7 +244,8 @@ class TNN(Estimator):
         Returns ``self``; ``history_`` holds one record per epoch (Adam) or sweep, with the
         loss, the training accuracy (classification) and, for sweeps, the bond entropies of
         every TNLayer (``entropy``), their maximum (``entropy_max``) and the kept singular
-        values of every bond at its last update (``singular_values[layer][bond]``).
+        values of every bond at its last update (``singular_values[layer][bond]``) and the weight
+        its split discarded (``discarded[layer][bond]``).
         """
         self._check_config()
         epochs = check_positive_int("epochs", epochs if epochs is not None else self.epochs)
@@ -242,7 +253,9 @@ class TNN(Estimator):
         X = self._check_X(X, fitted=fitted)
         self.task_ = self._task()
         y_t = self._check_y(y, X.shape[0], fitted=fitted)
-        rng = np.random.default_rng(self.random_state)
+        # a warm-started sweep may need no random numbers (whole-set batches): made on demand
+        rng = np.random.default_rng(self.random_state) if not fitted or self.solver != "sweep" \
+            else None
         if not fitted:
             self._build(X.shape[1], rng)
             self.n_features_in_ = X.shape[1]
@@ -280,6 +293,12 @@ class TNN(Estimator):
                 raise ValueError(f"y: expected {last['units']} target value(s) per sample (the "
                                  f"last layer's units), got {width}")
             return y
+        if fitted and y.ndim == 1 and y.dtype.kind in "iu" and self.classes_.dtype.kind in "iu":
+            # warm start with integer labels: every label one of classes_ is all there is to
+            # check (a sort of y by np.unique costs more than a sweep of a small model)
+            idx = np.minimum(np.searchsorted(self.classes_, y), len(self.classes_) - 1)
+            if np.array_equal(self.classes_[idx], y):
+                return idx.astype(np.int64)
         classes, idx = np.unique(y, return_inverse=True)
         n_classes = 2 if last["units"] == 1 else last["units"]
         if len(classes) > n_classes:
@@ -335,6 +354,18 @@ class TNN(Estimator):
         for layer in tn:
             if layer.n_sites < 2:
                 raise ValueError("solver: 'sweep' needs TNLayers of at least 2 sites (one bond)")
+        if self.sweep_engine != "python":
+            from .tnn_compiled import fit_sweeps_compiled
+
+            hist, why = fit_sweeps_compiled(self, X, y, epochs, rng)
+            if hist is not None:
+                self._finish_history(hist)
+                return
+            if self.sweep_engine == "compiled":
+                raise ValueError(f"sweep_engine: 'compiled' cannot run this network: {why}; "
+                                 "use 'auto' or 'python'")
+        if rng is None:
+            rng = np.random.default_rng(self.random_state)
         mpos = [MPOSweep(layer.cores, layer.bond_dim, self.cutoff) for layer in tn]
         others = [(layer, k) for layer in self.layers_ if layer.trainable
                   for k, p in enumerate(layer.params())
@@ -395,7 +426,8 @@ class TNN(Estimator):
                    "entropy": [m.entropy.tolist() for m in mpos],
                    "entropy_max": float(max(m.entropy.max() for m in mpos)),
                    "singular_values": [[[] if sv is None else np.asarray(sv).tolist()
-                                        for sv in m.s] for m in mpos]}
+                                        for sv in m.s] for m in mpos],
+                   "discarded": [m.discarded.tolist() for m in mpos]}
             if self.task_ == "classification":
                 rec["accuracy"] = state["correct"] / max(state["seen"], 1)
             hist.append(rec)

@@ -17,7 +17,7 @@ import numpy as np
 from ..ops.mpo import cpu as mpo_cpu
 from ..ops.svd_truncate import svd_truncate
 
-__all__ = ["MPOSweep", "sweep_schedule", "run_sweep"]
+__all__ = ["MPOSweep", "CompiledMPOSweep", "sweep_schedule", "run_sweep"]
 
 
 def sweep_schedule(n_sites: int) -> List[Tuple[int, str]]:
@@ -98,6 +98,91 @@ class MPOSweep:
             self.pre[k + 1] = mpo_cpu.prefix_step(self.pre[k], self.cores[k])
         else:
             self.suf[k + 1] = mpo_cpu.suffix_step(self.cores[k + 1], self.suf[k + 2])
+
+
+class CompiledMPOSweep(MPOSweep):
+    """:class:`MPOSweep` on the kernels of the compiled PaL sweep (``ops.mpo.kernels`` for
+    the contractions, ``ops.svd_truncate.subspace.svd_split_kernel`` for the split, warm
+    started from the old right core), in float64: the same interface, so that ``run_sweep``
+    and the tests drive the compiled path's pieces one bond at a time."""
+
+    def __init__(self, cores: List[np.ndarray], max_bond: int, cutoff: float = 0.0):
+        super().__init__([np.ascontiguousarray(c, np.float64) for c in cores], max_bond,
+                         cutoff)
+
+    def refresh(self) -> None:
+        from ..ops.mpo import kernels
+
+        n = len(self.cores)
+        self.pre = [np.ones((1, 1, 1))] + [None] * n
+        self.suf = [None] * n + [np.ones((1, 1, 1))]
+        for k, c in enumerate(self.cores):
+            il, ol, _ = self.pre[k].shape
+            self.pre[k + 1] = np.empty((il * c.shape[1], ol * c.shape[2], c.shape[3]))
+            kernels.prefix_step(self.pre[k], c, self.pre[k + 1])
+        for k in range(n - 1, -1, -1):
+            c = self.cores[k]
+            _, ir, orr = self.suf[k + 1].shape
+            self.suf[k] = np.empty((c.shape[0], c.shape[1] * ir, c.shape[2] * orr))
+            kernels.suffix_step(c, self.suf[k + 1], self.suf[k])
+
+    def bond_tensor(self, k: int) -> np.ndarray:
+        from ..ops.mpo import kernels
+
+        a, b = self.cores[k], self.cores[k + 1]
+        out = np.empty((a.shape[0] * a.shape[1] * a.shape[2], b.shape[1] * b.shape[2] * b.shape[3]))
+        kernels.bond_matrix(a, b, out)
+        return out.reshape(self.bond_tensor_shape(k))
+
+    def dense_from_bond(self, k: int, bond: np.ndarray) -> np.ndarray:
+        from ..ops.mpo import kernels
+
+        da, i1, o1, i2, o2, db = bond.shape
+        left, right = self.pre[k], self.suf[k + 2]
+        out = np.empty((left.shape[0] * i1 * i2 * right.shape[1],
+                        left.shape[1] * o1 * o2 * right.shape[2]))
+        kernels.dense_from_bond(left, np.ascontiguousarray(bond, np.float64).reshape(
+            da * i1 * o1, i2 * o2 * db), right, i1, o1, out)
+        return out
+
+    def bond_grad(self, k: int, g_w: np.ndarray) -> np.ndarray:
+        from ..ops.mpo import kernels
+
+        da, i1, o1, i2, o2, db = self.bond_tensor_shape(k)
+        out = np.empty((da * i1 * o1, i2 * o2 * db))
+        kernels.bond_grad(self.pre[k], np.ascontiguousarray(g_w, np.float64), self.suf[k + 2],
+                          i1, o1, i2, o2, out)
+        return out.reshape(da, i1, o1, i2, o2, db)
+
+    def step_scale(self, k: int) -> float:
+        from ..ops.mpo import kernels
+
+        norms = kernels.env_norm_sq(self.pre[k], 0) * kernels.env_norm_sq(self.suf[k + 2], 1)
+        return 1.0 / max(norms, 1e-300)
+
+    def split(self, k: int, bond: np.ndarray, direction: str) -> None:
+        from ..ops.mpo import kernels
+        from ..ops.svd_truncate.subspace import svd_split_kernel
+
+        da, i1, o1, i2, o2, db = bond.shape
+        m, n = da * i1 * o1, i2 * o2 * db
+        kb = min(self.max_bond, m, n)
+        left, right, s = np.empty(m * kb), np.empty(kb * n), np.empty(kb)
+        start = np.ascontiguousarray(self.cores[k + 1]).reshape(self.cores[k + 1].shape[0], n)
+        keep, ent, disc, _, _ = svd_split_kernel(
+            np.ascontiguousarray(bond, np.float64).reshape(m, n), self.max_bond, self.cutoff,
+            start, left, right, s)
+        self.cores[k] = left[:m * keep].reshape(da, i1, o1, keep)
+        self.cores[k + 1] = right[:keep * n].reshape(keep, i2, o2, db)
+        self.s[k], self.entropy[k], self.discarded[k] = s[:keep].copy(), ent, disc
+        if direction == "right":
+            il, ol, _ = self.pre[k].shape
+            self.pre[k + 1] = np.empty((il * i1, ol * o1, keep))
+            kernels.prefix_step(self.pre[k], self.cores[k], self.pre[k + 1])
+        else:
+            _, ir, orr = self.suf[k + 2].shape
+            self.suf[k + 1] = np.empty((keep, i2 * ir, o2 * orr))
+            kernels.suffix_step(self.cores[k + 1], self.suf[k + 2], self.suf[k + 1])
 
 
 def _grouped(bond: np.ndarray) -> np.ndarray:

@@ -329,3 +329,74 @@ def test_gpu_product_pool_matches_reference(cupy_gpu, rng, dtype, shape, window)
     assert_close(la.get(), la_ref, dtype, "log forward")
     np.testing.assert_array_equal(sg.get(), sg_ref)
 
+
+
+_ADAMW_DEVICE_CHECK = """
+import sys, types
+import numpy as np
+on_gpu = sys.argv[1] == "gpu"
+if on_gpu:
+    import cupy
+    to_device, to_host = cupy.asarray, cupy.asnumpy
+else:  # a NumPy stand-in that array_module takes for CuPy; the kernel runs in the simulator
+    class StandIn(np.ndarray):
+        pass
+    StandIn.__module__ = "cupy._core.core"
+    class NumPyAsCuPy(types.ModuleType):
+        def __getattr__(self, name):
+            return getattr(np, name)
+    sys.modules["cupy"] = NumPyAsCuPy("cupy")
+    to_device, to_host = (lambda a: np.array(a).view(StandIn)), np.asarray
+import fasttn.train.optim_cuda as optim_cuda
+from fasttn.train import AdamW
+
+calls = []
+kernel = optim_cuda.adamw_update_cuda
+optim_cuda.adamw_update_cuda = lambda *a: (calls.append(1), kernel(*a))
+rng = np.random.default_rng(int(sys.argv[2]))
+host = [rng.standard_normal(s).astype(d) for s, d in (((3, 4), np.float32), ((7,), np.float64))]
+dev = [to_device(p) for p in host]
+opt_h, opt_d = AdamW(host, lr=0.01, weight_decay=0.05), AdamW(dev, lr=0.01, weight_decay=0.05)
+for t in range(3):
+    gs = [(rng.standard_normal(p.shape) * 10.0 ** rng.uniform(-3, 1)).astype(p.dtype)
+          for p in host]
+    opt_h.step(gs)
+    opt_d.step([to_device(g) for g in gs])
+assert len(calls) == 6, calls
+for a, b in zip(dev, host):
+    assert type(a).__module__.split(".")[0] == "cupy" and a.dtype == b.dtype
+    rtol = 1e-12 if b.dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(to_host(a), b, rtol=rtol, atol=rtol * np.abs(b).max())
+bad = [to_device(np.full(p.shape, np.nan, p.dtype)) for p in host]
+try:
+    opt_d.step(bad)
+except FloatingPointError as e:
+    assert "grads" in str(e)
+else:
+    raise AssertionError("a NaN gradient was accepted")
+try:
+    opt_d.step([host[0], to_device(host[1])])
+except TypeError as e:
+    assert "grads: expected an array on the parameters' device" in str(e)
+else:
+    raise AssertionError("a host gradient for a device parameter was accepted")
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("mode", ["simulator", "gpu"])
+def test_adamw_steps_device_parameters_on_the_device(mode, rng):
+    """AdamW on device arrays: moments beside the parameters, one kernel per parameter, the
+    same result as the host update; NaN and host gradients refused."""
+    env = dict(os.environ)
+    if mode == "simulator":
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    else:
+        reason = gpu_skip_reason()
+        if reason:
+            pytest.skip(reason)
+        env.pop("NUMBA_ENABLE_CUDASIM", None)
+    run = subprocess.run([sys.executable, "-c", _ADAMW_DEVICE_CHECK, mode,
+                          str(rng.integers(2**31))],
+                         capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stdout + run.stderr

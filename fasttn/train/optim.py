@@ -6,6 +6,7 @@ from typing import List, Sequence
 import numpy as np
 
 from .._numba import njit
+from ..backend import array_module
 
 
 @njit(error_model="numpy")  # no fastmath: an overflowing moment must stay inf, not UB
@@ -25,7 +26,10 @@ class AdamW:
     Parameters
     ----------
     params : list of arrays
-        Updated in place by :meth:`step`.
+        Updated in place by :meth:`step`. NumPy arrays take a Numba kernel on the host;
+        device arrays (CuPy) keep their moments on the device and take one fused
+        ``numba.cuda`` kernel per parameter (:mod:`fasttn.train.optim_cuda`), so nothing
+        crosses to the host but one finiteness flag per gradient.
     lr, betas, eps, weight_decay : float
         Standard AdamW hyper-parameters (defaults: the q-CNN paper's lr 0.01, decay 0.01).
     """
@@ -37,9 +41,10 @@ class AdamW:
         self.betas = betas
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
-        # Moments in float64: cheap (the parameters are few) and free of float32 drift.
-        self.m = [np.zeros(p.shape) for p in self.params]
-        self.v = [np.zeros(p.shape) for p in self.params]
+        # Moments in float64, beside each parameter: cheap (the parameters are few) and free
+        # of float32 drift.
+        self.m = [array_module(p).zeros(p.shape, dtype=np.float64) for p in self.params]
+        self.v = [array_module(p).zeros(p.shape, dtype=np.float64) for p in self.params]
         self.t = 0
 
     def step(self, grads: Sequence[np.ndarray]) -> None:
@@ -48,6 +53,10 @@ class AdamW:
         c1 = 1 - b1 ** self.t
         c2 = 1 - b2 ** self.t
         for p, g, m, v in zip(self.params, grads, self.m, self.v):
+            xp = array_module(p)
+            if xp is not np:
+                self._device_step(xp, p, g, m, v, c1, c2)
+                continue
             g = np.asarray(g)
             if g.shape != p.shape:
                 raise ValueError(f"grads: expected shape {p.shape}, got {g.shape}")
@@ -66,6 +75,24 @@ class AdamW:
             v += (1 - b2) * g * g
             upd = self.lr * self.weight_decay * p + self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)
             p -= upd.astype(p.dtype)
+
+    def _device_step(self, xp, p, g, m, v, c1: float, c2: float) -> None:
+        from .optim_cuda import adamw_update_cuda  # numba.cuda: only with device arrays
+
+        if tuple(g.shape) != tuple(p.shape):
+            raise ValueError(f"grads: expected shape {tuple(p.shape)}, got {tuple(g.shape)}")
+        if array_module(g) is not xp:
+            raise TypeError(f"grads: expected an array on the parameters' device "
+                            f"({xp.__name__}), got {type(g).__module__}.{type(g).__name__}")
+        if not bool(xp.all(xp.isfinite(g))):
+            raise FloatingPointError("grads: a gradient holds NaN or Inf; the training "
+                                     "diverged (lower the learning rate)")
+        if not p.flags.c_contiguous:
+            raise ValueError("params: device parameters must be C-contiguous (updated in "
+                             "place through a flat view)")
+        b1, b2 = self.betas
+        adamw_update_cuda(p.reshape(-1), xp.ascontiguousarray(g).reshape(-1), m.reshape(-1),
+                          v.reshape(-1), self.lr, self.weight_decay, b1, b2, c1, c2, self.eps)
 
     def state_arrays(self) -> List[np.ndarray]:
         return self.m + self.v

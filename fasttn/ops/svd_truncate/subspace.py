@@ -43,6 +43,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ..._numba import njit
+from .cpu import _keep_count
 from .reference import SVDTruncation
 
 __all__ = ["svd_split", "svd_split_kernel", "METHODS", "JACOBI_MAX_RANK", "SUBSPACE_TOL",
@@ -406,18 +407,6 @@ def _subspace(a, at, kb, block, start, tol, ut, s, vt):
             v[:] = z
             _orth_rows(v, block)
     return 0
-
-
-@njit
-def _keep_count(s, kb, cutoff):
-    k = kb
-    if cutoff > 0:
-        threshold = cutoff * s[0]
-        c = 0
-        while c < k and s[c] >= threshold and s[c] > 0:
-            c += 1
-        k = c
-    return max(k, 1)
 
 
 @njit

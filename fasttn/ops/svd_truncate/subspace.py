@@ -43,7 +43,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ..._numba import njit
-from .cpu import _keep_count
+from .cpu import _fix_signs, _keep_count
 from .reference import SVDTruncation
 
 __all__ = ["svd_split", "svd_split_kernel", "METHODS", "JACOBI_MAX_RANK", "SUBSPACE_TOL",
@@ -410,24 +410,6 @@ def _subspace(a, at, kb, block, start, tol, ut, s, vt):
 
 
 @njit
-def _fix_signs(ut, vt, k):
-    """Largest-|.| entry of each left vector positive (the first on ties)."""
-    m = ut.shape[1]
-    for j in range(k):
-        best = -1.0
-        at = 0
-        for t in range(m):
-            if abs(ut[j, t]) > best:
-                best = abs(ut[j, t])
-                at = t
-        if ut[j, at] < 0:
-            for t in range(m):
-                ut[j, t] = -ut[j, t]
-            for t in range(vt.shape[1]):
-                vt[j, t] = -vt[j, t]
-
-
-@njit
 def _tail_norm(a, ut, s, vt, k):
     """``|a - sum_{j<k} s_j u_j v_j^T|_F``, formed explicitly (no cancellation)."""
     m, n = a.shape
@@ -506,7 +488,8 @@ def svd_split_kernel(a, max_bond, cutoff, start, left, right, s_out):
             method = 0
         else:
             _lapack_full(x, ut, s, vt)
-    _fix_signs(ut, vt, kb)
+    # the CPU kernel's sign rule on the transposed factors (vectors as rows here)
+    _fix_signs(ut[:kb].T, vt[:kb].T)
     keep = _keep_count(s, kb, cutoff)
     # entropy of the kept spectrum and discarded weight, values divided by s_0
     ent = 0.0

@@ -286,16 +286,21 @@ print("ok")
 
 @pytest.mark.parametrize("mode", ["simulator", "gpu"])
 def test_adamw_kernel_matches_cpu_update(mode, rng):
+    _run_cuda_script(_ADAMW_CHECK, mode, rng)
+
+
+def _run_cuda_script(script: str, mode: str, rng) -> None:
+    """Run ``script`` in a fresh interpreter under Numba's CUDA simulator (read by numba at
+    import) or on the GPU (skipped without one); it prints "ok" when its checks pass."""
     env = dict(os.environ)
     if mode == "simulator":
-        # Read by numba at import, hence a fresh interpreter.
         env["NUMBA_ENABLE_CUDASIM"] = "1"
     else:
         reason = gpu_skip_reason()
         if reason:
             pytest.skip(reason)
         env.pop("NUMBA_ENABLE_CUDASIM", None)
-    run = subprocess.run([sys.executable, "-c", _ADAMW_CHECK, mode, str(rng.integers(2**31))],
+    run = subprocess.run([sys.executable, "-c", script, mode, str(rng.integers(2**31))],
                          capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert run.returncode == 0 and "ok" in run.stdout, run.stdout + run.stderr
 
@@ -388,15 +393,4 @@ print("ok")
 def test_adamw_steps_device_parameters_on_the_device(mode, rng):
     """AdamW on device arrays: moments beside the parameters, one kernel per parameter, the
     same result as the host update; NaN and host gradients refused."""
-    env = dict(os.environ)
-    if mode == "simulator":
-        env["NUMBA_ENABLE_CUDASIM"] = "1"
-    else:
-        reason = gpu_skip_reason()
-        if reason:
-            pytest.skip(reason)
-        env.pop("NUMBA_ENABLE_CUDASIM", None)
-    run = subprocess.run([sys.executable, "-c", _ADAMW_DEVICE_CHECK, mode,
-                          str(rng.integers(2**31))],
-                         capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
-    assert run.returncode == 0 and "ok" in run.stdout, run.stdout + run.stderr
+    _run_cuda_script(_ADAMW_DEVICE_CHECK, mode, rng)

@@ -105,8 +105,16 @@ def dense_from_bond(left, bond, right, i1, o1, out):
     mm(t1.reshape(il * ol * rest, db), right.reshape(db, ir * orr), t2)
     i2 = out.shape[0] // (il * i1 * ir)
     o2 = i2o2 // i2
-    t8 = t2.reshape(il, ol, i1, o1, i2, o2, ir, orr)
-    w8 = out.reshape(il, i1, i2, ir, ol, o1, o2, orr)
+    _permute_w(t2.reshape(il, ol, i1, o1, i2, o2, ir, orr),
+               out.reshape(il, i1, i2, ir, ol, o1, o2, orr), False)
+
+
+@njit
+def _permute_w(t8, w8, to_t):
+    """Copy between ``W``'s layout ``w8 (I<, i1, i2, I>, O<, o1, o2, O>)`` and the bond
+    contraction's ``t8 (I<, O<, i1, o1, i2, o2, I>, O>)``: into ``t8`` when ``to_t``, else
+    into ``w8`` (the two directions of one permutation)."""
+    il, ol, i1, o1, i2, o2, ir, orr = t8.shape
     for a in range(il):
         for p in range(i1):
             for q in range(i2):
@@ -114,10 +122,14 @@ def dense_from_bond(left, bond, right, i1, o1, out):
                     for b in range(ol):
                         for r in range(o1):
                             for s in range(o2):
-                                src = t8[a, b, p, r, q, s, j]
-                                dst = w8[a, p, q, j, b, r, s]
-                                for t in range(orr):
-                                    dst[t] = src[t]
+                                tv = t8[a, b, p, r, q, s, j]
+                                wv = w8[a, p, q, j, b, r, s]
+                                if to_t:
+                                    for t in range(orr):
+                                        tv[t] = wv[t]
+                                else:
+                                    for t in range(orr):
+                                        wv[t] = tv[t]
 
 
 @njit
@@ -128,20 +140,9 @@ def bond_grad(left, g_w, right, i1, o1, i2, o2, out):
     il, ol, da = left.shape
     db, ir, orr = right.shape
     rest = i1 * o1 * i2 * o2
-    g8 = g_w.reshape(il, i1, i2, ir, ol, o1, o2, orr)
     gp = np.empty((il * ol, rest * ir * orr))
-    p8 = gp.reshape(il, ol, i1, o1, i2, o2, ir, orr)
-    for a in range(il):
-        for p in range(i1):
-            for q in range(i2):
-                for j in range(ir):
-                    for b in range(ol):
-                        for r in range(o1):
-                            for s in range(o2):
-                                src = g8[a, p, q, j, b, r, s]
-                                dst = p8[a, b, p, r, q, s, j]
-                                for t in range(orr):
-                                    dst[t] = src[t]
+    _permute_w(gp.reshape(il, ol, i1, o1, i2, o2, ir, orr),
+               g_w.reshape(il, i1, i2, ir, ol, o1, o2, orr), True)
     t = np.empty((da, rest * ir * orr))
     mm_tn(left.reshape(il * ol, da), gp, t)
     # out (Da rest, Db) = t (Da rest, I> O>) @ R^T

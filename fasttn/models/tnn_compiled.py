@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..backend import kernel_threads
+from ..backend import kernel_threads, num_threads
 from ..train import pal_compiled as pc
 from .tnn_layers import Dense, TNLayer
 
@@ -313,7 +313,7 @@ def fit_sweeps_compiled(model, X: np.ndarray, y: np.ndarray, epochs: int,
                 kp, kc, kv, ka, f1, f1t, yi, yf, batch_idx, batch_ptr, run.ahat, run.cores,
                 run.bonds, run.ins, run.outs, run.pre, run.suf, run.al, theta, adam_m, adam_v,
                 floats, ints, run.work, run.step_loss, run.entropy, run.discarded, run.sv,
-                run.sv_count, run.prof)
+                run.sv_count, run.prof, num_threads(), pc.MIN_PART)
         if status != pc.OK:
             write_back()  # as the Python path leaves it: every update before the failing one
             if bar is not None:

@@ -377,6 +377,9 @@ def _add_train_mera(models: argparse._SubParsersAction) -> None:
     _add_needle_source_options(q)
     q.add_argument("--chi", type=int, default=4, help="bond dimension of the level outputs")
     q.add_argument("--bond", type=int, default=None, help="disentangler legs (default chi)")
+    q.add_argument("--patch", type=int, default=1,
+                   help="sites are PATCH x PATCH squares of raw pixel values (1: every pixel "
+                        "a site, embedded by --feature-map)")
     q.add_argument("--feature-map", default="cos_sin", choices=["fourier", "legendre", "cos_sin"])
     q.add_argument("--no-constant", action="store_true", help="no constant feature channel")
     q.add_argument("--init", default="random", choices=["random", "identity"])
@@ -408,7 +411,7 @@ def _train_mera(args: argparse.Namespace) -> int:
                                        seed=args.seed, **_needle_kwargs(args))
     n_classes = int(max(y_tr.max(), y_te.max())) + 1
     model = fasttn.MERA2D(n_classes=max(n_classes, 2), chi=args.chi, bond=args.bond,
-                          feature_map=args.feature_map, constant=not args.no_constant,
+                          patch=args.patch, feature_map=args.feature_map, constant=not args.no_constant,
                           init=args.init, constraint=args.constraint, lr=args.lr,
                           lr_step=args.lr_step,
                           batch_size=args.batch_size, epochs=args.epochs, dtype=args.dtype,

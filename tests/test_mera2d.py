@@ -196,3 +196,51 @@ def test_isometric_constraint_holds_after_training(rng, dtype):
     # the views are the weights themselves
     views[0][0, 0] += 1.0
     assert m.params_[0]["u1"].reshape(-1)[0] == views[0][0, 0]
+
+
+@pytest.mark.parametrize("patch,side,constant", [(2, 8, True), (4, 16, False), (2, 32, True),
+                                                 (4, 8, True)])
+def test_patch_sites_are_raw_patches_and_train(rng, patch, side, constant):
+    # 2x2 patches on 8x8: a 4x4 grid (one block level); 4x4 on 16x16 without the constant:
+    # the reference's GridMERAin16 layout (16 sites of 16 pixels); 32x32 in 2x2 patches: a
+    # 16x16 grid (two levels); 4x4 patches on 8x8: the 2x2 end block alone
+    m = small_model(rng, side=side, patch=patch, constant=constant)
+    X = rng.random((3, side, side))
+    x = m._sites(X)
+    g = side // patch
+    assert x.shape == (3, g, g, patch * patch + constant) and m.p0_ == x.shape[-1]
+    for i, r, c in [(0, 0, 0), (1, g - 1, 0), (2, g // 2, g - 1)]:
+        want = X[i, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch].reshape(-1)
+        np.testing.assert_array_equal(x[i, r, c, int(constant):], want)
+        if constant:
+            assert x[i, r, c, 0] == 1.0
+    # gradients through the patch sites, against finite differences
+    y = rng.integers(0, 3, 3)
+    _, _, loss, grads = m._forward_backward(X, y)
+    for k, (p, gr) in enumerate(zip(m._param_list(), grads)):
+        d = rng.standard_normal(p.shape)
+        p0 = p.copy()
+
+        def loss_at(v, p=p):
+            p[...] = v
+            return m._forward_backward(X, y)[2]
+
+        fd = finite_difference(loss_at, p0, d, h=1e-5)
+        p[...] = p0
+        assert abs(fd - np.sum(gr * d)) <= 1e-6 * max(1e-3, abs(fd)), f"parameter {k}"
+
+
+def test_patch_learns_digits_and_checks_its_tiling(rng):
+    from fasttn.data import load_task
+
+    Xtr, ytr, Xte, yte = load_task("digits", size=16)
+    tr, te = ytr < 2, yte < 2
+    m = MERA2D(n_classes=2, chi=4, patch=2, epochs=5, random_state=3).fit(Xtr[tr], ytr[tr])
+    assert m.n_levels_ == 2 and m.p0_ == 5
+    assert m.score(Xte[te], yte[te]) >= 0.95
+    with pytest.raises(ValueError, match="multiple of patch=3"):
+        MERA2D(patch=3).fit(rng.random((2, 16, 16)), [0, 1])
+    with pytest.raises(ValueError, match="in patches of 2x2 is a power of 2"):
+        MERA2D(patch=2).fit(rng.random((2, 12, 12)), [0, 1])
+    with pytest.raises(ValueError, match="patch"):
+        MERA2D(patch=0).fit(rng.random((2, 16, 16)), [0, 1])

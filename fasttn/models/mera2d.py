@@ -41,13 +41,20 @@ class MERA2D(Estimator):
         Bond dimension of every level's output sites (the isometry outputs).
     bond : int, optional
         Dimension of the disentangler legs (default ``chi``).
+    patch : int
+        Side of the square of pixels that forms one input site. 1 (default): every pixel
+        is a site, embedded by ``feature_map``. ``k > 1``: every ``k x k`` patch is a site
+        whose vector is its raw pixel values (``k^2`` entries, row-major in the patch; the
+        2D MERA reference's input, whose ``GridMERAin16`` is ``patch=4, chi=2`` on 16x16
+        images); ``feature_map`` and ``n_features`` are then unused. Images must tile into
+        patches, and the grid of patches must have a power-of-2 side.
     feature_map : {"cos_sin", "fourier", "legendre"}
         Per-pixel map; ``cos_sin`` is [cos(pi x / 2), sin(pi x / 2)] at its default degree 2.
     n_features : int, optional
         Channels of the map (default 2 for ``cos_sin``, any degree >= 2 allowed; else 4,
         required even for ``fourier``).
     constant : bool
-        Prepend the constant channel 1 to every site: with the identity initialisation each
+        Prepend the constant channel 1 to every site (pixel features or patch vector): with the identity initialisation each
         block then starts close to an affine function of its sites, not a product of them.
     lr, weight_decay, lr_step, lr_gamma : float, float, int, float
         AdamW, the learning rate multiplied by ``lr_gamma`` every ``lr_step`` epochs.
@@ -82,7 +89,7 @@ class MERA2D(Estimator):
     _FITTED_ATTR = "params_"
 
     def __init__(self, n_classes: int = 2, chi: int = 4, bond: Optional[int] = None,
-                 feature_map: str = "cos_sin", n_features: Optional[int] = None,
+                 patch: int = 1, feature_map: str = "cos_sin", n_features: Optional[int] = None,
                  constant: bool = True, lr: float = 0.005, weight_decay: float = 0.0, lr_step: int = 10,
                  lr_gamma: float = 0.5, batch_size: int = 32, epochs: int = 10,
                  init: str = "random", init_scale: float = 1.0, constraint: str = "none",
@@ -91,6 +98,7 @@ class MERA2D(Estimator):
         self.n_classes = n_classes
         self.chi = chi
         self.bond = bond
+        self.patch = patch
         self.feature_map = feature_map
         self.n_features = n_features
         self.constant = constant
@@ -111,6 +119,7 @@ class MERA2D(Estimator):
     def _check_config(self) -> None:
         self._check_classifier_config()
         check_positive_int("chi", self.chi)
+        check_positive_int("patch", self.patch)
         if self.bond is not None:
             check_positive_int("bond", self.bond)
         check_choice("feature_map", self.feature_map, FEATURE_MAPS)
@@ -124,18 +133,26 @@ class MERA2D(Estimator):
 
     def _setup(self, image_shape: Tuple[int, int]) -> None:
         h, w = image_shape
+        k = int(self.patch)
+        if h != w or h % k or w % k:
+            raise ValueError(f"X: expected square images whose side is a multiple of patch={k}"
+                             f" (a power-of-2 grid of patches), got {h}x{w}")
         levels = 0
-        side = h
+        side = h // k
         while side > 1 and side % 4 == 0:
             side //= 4
             levels += 1
-        if h != w or side not in (1, 2) or h < 2:
-            raise ValueError(f"X: expected square images whose side is a power of 2 (2, 4, 8, "
-                             f"..., 1024), got {h}x{w}; pad or resize them")
+        if side not in (1, 2) or h // k < 2:
+            what = "side" if k == 1 else f"side in patches of {k}x{k}"
+            raise ValueError(f"X: expected square images whose {what} is a power of 2 (2, 4, "
+                             f"8, ..., 1024), got {h}x{w}; pad or resize them")
         self.image_shape_ = (h, w)
         self.has_end_ = side == 2
         self.n_levels_ = levels + int(self.has_end_)
-        self.p0_ = n_channels(self.feature_map, self._n_features(), self.constant)
+        if k == 1:
+            self.p0_ = n_channels(self.feature_map, self._n_features(), self.constant)
+        else:
+            self.p0_ = k * k + int(self.constant)
         self.n_features_in_ = h * w
 
     def _names(self, level: int) -> Tuple[str, ...]:
@@ -218,6 +235,22 @@ class MERA2D(Estimator):
         return int(sum(a.size for a in self._param_list()))
 
     # ------------------------------------------------------------------------ inputs
+    def _sites(self, X: np.ndarray) -> np.ndarray:
+        """Images ``(n, H, W)`` -> input sites ``(n, H / k, W / k, p0)``: per-pixel features
+        (``patch=1``) or raw ``k x k`` patch vectors, the constant first when asked for."""
+        X = np.ascontiguousarray(X, dtype=self.dtype)
+        k = int(self.patch)
+        if k == 1:
+            return ops.feature_map(X, self.feature_map, self._n_features(), self.constant)
+        n, h, w = X.shape
+        c = int(self.constant)
+        x = np.empty((n, h // k, w // k, c + k * k), X.dtype)
+        if c:
+            x[..., 0] = 1
+        x[..., c:] = X.reshape(n, h // k, k, w // k, k).transpose(0, 1, 3, 2, 4).reshape(
+            n, h // k, w // k, k * k)
+        return x
+
     # ----------------------------------------------------------------------- compute
     def _forward_backward(self, X: np.ndarray, y: Optional[np.ndarray],
                           record: Optional[List[np.ndarray]] = None):
@@ -226,8 +259,7 @@ class MERA2D(Estimator):
         Returns ``(scores, log_scale, loss, grads)``; ``log_scale`` is the per-image log of
         the factor the normalisations divided out. A ``record`` list receives the features
         and then the normalised output of every level but the last (float64)."""
-        x = ops.feature_map(np.ascontiguousarray(X, dtype=self.dtype), self.feature_map,
-                            self._n_features(), self.constant)
+        x = self._sites(X)
         if record is not None:
             record.append(x.astype(np.float64))
         log_scale = np.zeros(X.shape[0])

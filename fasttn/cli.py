@@ -45,6 +45,7 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--beta-init", type=float, default=1.0)
     q.add_argument("--domain", default="auto", choices=["auto", "linear", "log"])
     q.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    _add_device_option(q)
     q.add_argument("--pad", action="store_true", help="zero-pad sides to powers of two")
     q.add_argument("--augment-shift", type=float, default=0.0,
                    help="shift each training image by a random sub-pixel offset of up to this "
@@ -68,6 +69,11 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     _add_train_torch(models)
 
 
+def _add_device_option(q: argparse.ArgumentParser, note: str = "") -> None:
+    q.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where training runs (cuda needs CuPy and an NVIDIA GPU)" + note)
+
+
 def _add_train_tnn(models: argparse._SubParsersAction) -> None:
     q = models.add_parser("tnn", help="MPO tensor network (TNLayer) on the paper's small tasks",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -84,6 +90,7 @@ def _add_train_tnn(models: argparse._SubParsersAction) -> None:
                    help="default: scaled (step 4) for the spiral, plain (0.1) otherwise")
     q.add_argument("--lr", type=float, default=0.02, help="Adam step of the dense layers")
     q.add_argument("--cutoff", type=float, default=0.0)
+    _add_device_option(q, "; cuda with --solver adam only")
     q.add_argument("--init", default=None, choices=["product", "random"],
                    help="MPO initialisation (default: random for the sine, product otherwise)")
     q.add_argument("--seed", type=int, default=0)
@@ -140,7 +147,8 @@ def _train_tnn(args: argparse.Namespace) -> int:
                   + [Dense(units, activation=head)])
         model = TNN(layers, solver=args.solver, schedule=args.schedule, lr=args.lr,
                     sweep_lr=step_lr, sweep_step=step, cutoff=args.cutoff,
-                    epochs=args.sweeps, random_state=args.seed, verbose=0 if args.quiet else 1)
+                    epochs=args.sweeps, random_state=args.seed, device=args.device,
+                    verbose=0 if args.quiet else 1)
         t0 = time.perf_counter()
         model.fit(X_tr, y_tr)
         seconds = time.perf_counter() - t0
@@ -190,6 +198,7 @@ def _add_train_ttn(models: argparse._SubParsersAction) -> None:
     q.add_argument("--lr", type=float, default=0.005)
     q.add_argument("--lr-step", type=int, default=2)
     q.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    _add_device_option(q)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", default=None, help="save the trained model here (.npz)")
     q.add_argument("--history", default=None, help="write the per-epoch history here (JSON)")
@@ -339,7 +348,8 @@ def _train_ttn(args: argparse.Namespace) -> int:
     model = fasttn.TTN2D(n_classes=n_classes, chi=chi[0] if len(chi) == 1 else chi, d=args.d,
                          top=args.top, solver=args.solver, lr=args.lr, lr_step=args.lr_step,
                          batch_size=args.batch_size, epochs=args.epochs, dtype=args.dtype,
-                         random_state=args.seed, verbose=0 if args.quiet else 1)
+                         device=args.device, random_state=args.seed,
+                         verbose=0 if args.quiet else 1)
     print(f"TTN2D on {args.dataset}{' classes ' + args.classes if args.classes else ''}: "
           f"{len(y_tr)} train / {len(y_te)} test images of {X_tr.shape[1]}x{X_tr.shape[2]}; "
           f"{model!r}")
@@ -393,6 +403,7 @@ def _add_train_mera(models: argparse._SubParsersAction) -> None:
     q.add_argument("--lr", type=float, default=0.005)
     q.add_argument("--lr-step", type=int, default=10)
     q.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    _add_device_option(q)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", default=None, help="save the trained model here (.npz)")
     q.add_argument("--quiet", action="store_true")
@@ -415,7 +426,8 @@ def _train_mera(args: argparse.Namespace) -> int:
                           init=args.init, constraint=args.constraint, lr=args.lr,
                           lr_step=args.lr_step,
                           batch_size=args.batch_size, epochs=args.epochs, dtype=args.dtype,
-                          random_state=args.seed, verbose=0 if args.quiet else 1)
+                          device=args.device, random_state=args.seed,
+                          verbose=0 if args.quiet else 1)
     print(f"2D MERA on {args.dataset}: {len(y_tr)} train / {len(y_te)} test images of "
           f"{X_tr.shape[1]}x{X_tr.shape[2]}; {model!r}")
     t0 = time.perf_counter()
@@ -449,7 +461,7 @@ def _train_qcnn(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         lr_step=args.lr_step, batch_size=args.batch_size, epochs=args.epochs,
         beta_init=args.beta_init, domain=args.domain, pad=args.pad, dtype=args.dtype,
-        random_state=args.seed, verbose=0 if args.quiet else 1)
+        device=args.device, random_state=args.seed, verbose=0 if args.quiet else 1)
     print(f"q-CNN on {args.dataset}: {len(y_tr)} train / {len(y_te)} test images of "
           f"{X_tr.shape[1]}x{X_tr.shape[2]}; {model!r}")
     callbacks = []
@@ -698,10 +710,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from fasttn._cuda import CUDAUnavailableError  # imports no CuPy
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, CUDAUnavailableError) as exc:
         print(f"fasttn: error: {exc}", file=sys.stderr)
         return 2
 

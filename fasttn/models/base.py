@@ -4,6 +4,10 @@ A checkpoint is one ``.npz`` file holding plain arrays plus a JSON header (model
 constructor parameters, learned metadata). It is read with ``allow_pickle=False``, so
 loading never runs code from the file, and written to a temporary file that is renamed
 into place, so a crash never leaves half a checkpoint.
+
+Models with a ``device`` parameter keep their learned arrays on that device for the whole
+fit (:meth:`Estimator._place_state`) and move each batch there once
+(:meth:`Estimator._to_device`); checkpoints always hold host arrays.
 """
 from __future__ import annotations
 
@@ -11,17 +15,20 @@ import inspect
 import json
 import os
 import zipfile
-from typing import Any, Dict, Type
+from types import ModuleType
+from typing import Any, Dict, Optional, Tuple, Type
 
 import numpy as np
 
+from .. import backend
 from .._atomic import atomic_file
-from .._validate import (check_dtype, check_finite, check_float_array, check_labels,
-                         check_positive_int)
+from .._validate import (check_choice, check_dtype, check_finite, check_float_array,
+                         check_labels, check_positive_int)
 
 _REGISTRY: Dict[str, Type["Estimator"]] = {}
 FORMAT = "fasttn-checkpoint"
 FORMAT_VERSION = 1
+DEVICES = ("cpu", "cuda")
 
 
 def register(cls):
@@ -32,6 +39,9 @@ def register(cls):
 class Estimator:
     """scikit-learn-like base: hyper-parameters are constructor arguments stored unchanged,
     learned state ends in ``_``."""
+
+    # Attributes holding lists of learned arrays that live on the model's device.
+    _DEVICE_STATE: Tuple[str, ...] = ()
 
     def get_params(self, deep: bool = True) -> Dict[str, Any]:
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
@@ -60,12 +70,47 @@ class Estimator:
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("epochs", self.epochs)
 
+    # -- device placement ----------------------------------------------------------------
+    @property
+    def _device(self) -> str:
+        """The ``device`` parameter; ``"cpu"`` for a model without one."""
+        return getattr(self, "device", "cpu")
+
+    def _check_device(self) -> str:
+        """Validate the ``device`` parameter (its name only: no import of CuPy)."""
+        return check_choice("device", self._device, DEVICES)
+
+    def _device_module(self) -> ModuleType:
+        """NumPy or CuPy for the ``device`` parameter.
+
+        Raises
+        ------
+        ValueError
+            For a device other than "cpu" or "cuda".
+        fasttn._cuda.CUDAUnavailableError
+            For "cuda" where CuPy or a GPU is missing (saying which).
+        """
+        return backend.get_module(self._check_device())
+
+    def _to_device(self, x: Any) -> Any:
+        """``x`` on the model's device: one host-to-device copy of a batch (none on the
+        CPU)."""
+        return backend.to_device(x, self._device)
+
+    def _place_state(self) -> None:
+        """Move every learned array onto the model's device (a no-op where it is)."""
+        self._device_module()
+        for name in self._DEVICE_STATE:
+            setattr(self, name, [self._to_device(a) for a in getattr(self, name)])
+
     _FITTED_ATTR = "history_"  # set by fit; models name their parameter attribute
 
     def _start_fit(self, X: Any, y: Any, epochs: Any, batch_size: Any, warm_start: bool):
         """Checks shared by every ``fit``; (re)initialises unless warm-starting a fitted
-        model. Returns ``(X, y, epochs, batch_size, rng)``."""
+        model, then places the learned state on the model's device. Returns
+        ``(X, y, epochs, batch_size, rng)``."""
         self._check_config()
+        self._device_module()  # a missing GPU fails here, before any work
         epochs = check_positive_int("epochs", epochs if epochs is not None else self.epochs)
         batch_size = check_positive_int("batch_size",
                                         batch_size if batch_size is not None else self.batch_size)
@@ -78,6 +123,7 @@ class Estimator:
             self._setup(X.shape[1:])
             self._init_params(rng)
             self.history_ = []
+        self._place_state()
         return X, y, epochs, batch_size, rng
 
     def _check_X(self, X: Any, fitted: bool) -> np.ndarray:
@@ -115,21 +161,39 @@ class Estimator:
         raise NotImplementedError
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the fitted model to ``path`` (``.npz``), atomically."""
+        """Write the fitted model to ``path`` (``.npz``), atomically; arrays on a device are
+        copied to the host first."""
         if not hasattr(self, "n_features_in_"):
             raise ValueError(f"{type(self).__name__} is not fitted yet; call fit before save")
         header = {"format": FORMAT, "version": FORMAT_VERSION, "class": type(self).__name__,
                   "params": _jsonable(self.get_params()), "meta": _jsonable(self._state_meta())}
-        arrays = dict(self._state_arrays())
+        arrays = {k: backend.to_numpy(v) for k, v in self._state_arrays().items()}
         arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
         with atomic_file(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
 
 
-def load(path: str | os.PathLike) -> Estimator:
-    """Read a checkpoint written by ``save``; returns a fitted model of the stored class."""
+def load(path: str | os.PathLike, device: Optional[str] = None) -> Estimator:
+    """Read a checkpoint written by ``save``; returns a fitted model of the stored class.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.npz`` file written by ``save``.
+    device : {"cpu", "cuda"}, optional
+        Where the model's arrays go, overriding its saved ``device`` parameter (e.g.
+        ``"cpu"`` to inspect a model trained on a GPU on a machine without one). By default
+        the saved parameter, or ``"cpu"`` for a checkpoint without one.
+
+    Returns
+    -------
+    Estimator
+        The fitted model, its learned arrays on its device.
+    """
     path = os.fspath(path)
+    if device is not None:
+        check_choice("device", device, DEVICES)
     if not os.path.exists(path):
         raise FileNotFoundError(f"path: no checkpoint at {path!r}")
     try:
@@ -157,7 +221,7 @@ def load(path: str | os.PathLike) -> Estimator:
     if cls is None:
         raise ValueError(f"path: {path!r} holds an unknown model class {header.get('class')!r}")
     try:
-        model = cls(**header["params"])
+        model = cls(**_with_device(cls, header["params"], device))
         model._set_state(arrays, header["meta"])
     except KeyError as exc:
         raise ValueError(f"path: {path!r} lacks the array {exc.args[0]!r} that a "
@@ -165,7 +229,20 @@ def load(path: str | os.PathLike) -> Estimator:
     except TypeError as exc:
         raise ValueError(f"path: {path!r} has parameters this fasttn does not accept "
                          f"({exc})") from exc
+    model._place_state()
     return model
+
+
+def _with_device(cls: Type[Estimator], params: Dict[str, Any],
+                 device: Optional[str]) -> Dict[str, Any]:
+    """Saved constructor parameters with ``device`` overridden (when given)."""
+    if device is None:
+        return params
+    if "device" in inspect.signature(cls.__init__).parameters:
+        return {**params, "device": device}
+    if device != "cpu":
+        raise ValueError(f"device: a {cls.__name__} runs on the CPU only, got {device!r}")
+    return params
 
 
 def _jsonable(obj: Any) -> Any:

@@ -6,7 +6,9 @@ tensor, weights shared by the blocks of a level). Between levels each site is di
 norm and the log of the norm is tracked: every block is linear in each of its sites, so this
 changes the network's output only by a positive factor per image, ``exp(log_scale_)``, and
 keeps the values of deep hierarchies (1024x1024 = 5 levels) of order one. The class scores
-are the last level's output; predictions (argmax) are those of the exact network.
+are the last level's output; predictions (argmax) are those of the exact network. With
+``device="cuda"`` the tensors, activations, gradients and optimizer moments stay on the GPU;
+each batch of images goes up once and only the loss and the correct count come back.
 """
 from __future__ import annotations
 
@@ -16,9 +18,10 @@ import numpy as np
 
 from .. import ops
 from .._validate import check_choice, check_positive_int
+from ..backend import array_module, to_numpy
 from ..ops.feature_maps import FEATURE_MAPS, n_channels
 from ..ops.site_norm import site_norm_backward, site_norm_forward, unit_sites
-from ..train import AdamW, StepLR, loss_fn
+from ..train import AdamW, StepLR, loss_fn, n_correct
 from ..train.loop import fit_loop
 from ..train.stiefel import polar_retract
 from .base import Estimator, register
@@ -82,6 +85,10 @@ class MERA2D(Estimator):
         our runs (64x64 digits: 4 of 4 seeds against 3 of 4 for ten classes, 2 of 3
         against 0 of 3 for 3 vs 8). At 16x16 the two are alike.
     dtype : {"float32", "float64"}
+    device : {"cpu", "cuda"}
+        Where training and inference run. ``"cuda"`` keeps the tensors and the optimizer
+        state on the GPU (CuPy arrays) and needs CuPy and an NVIDIA GPU (checked by
+        ``fit``); results come back as NumPy arrays and checkpoints hold host arrays.
     random_state : int, optional
     verbose : int
     """
@@ -93,7 +100,7 @@ class MERA2D(Estimator):
                  constant: bool = True, lr: float = 0.005, weight_decay: float = 0.0, lr_step: int = 10,
                  lr_gamma: float = 0.5, batch_size: int = 32, epochs: int = 10,
                  init: str = "random", init_scale: float = 1.0, constraint: str = "none",
-                 dtype: str = "float32",
+                 dtype: str = "float32", device: str = "cpu",
                  random_state: Optional[int] = None, verbose: int = 0):
         self.n_classes = n_classes
         self.chi = chi
@@ -112,6 +119,7 @@ class MERA2D(Estimator):
         self.init_scale = init_scale
         self.constraint = constraint
         self.dtype = dtype
+        self.device = device
         self.random_state = random_state
         self.verbose = verbose
 
@@ -125,6 +133,7 @@ class MERA2D(Estimator):
         check_choice("feature_map", self.feature_map, FEATURE_MAPS)
         check_choice("init", self.init, ("identity", "random"))
         check_choice("constraint", self.constraint, ("none", "isometric", "norm"))
+        self._check_device()
 
     def _n_features(self) -> int:
         if self.n_features is not None:
@@ -211,7 +220,7 @@ class MERA2D(Estimator):
                 view[...] = polar_retract(view)
         elif self.constraint == "norm" and norms is not None:
             for t, norm in zip(self._scale_free_tensors(), norms):
-                now = float(np.linalg.norm(t))
+                now = float(array_module(t).linalg.norm(t))
                 if now > 0:
                     t *= t.dtype.type(norm / now)
 
@@ -224,7 +233,13 @@ class MERA2D(Estimator):
     def _norms(self) -> Optional[List[float]]:
         if self.constraint != "norm":
             return None
-        return [float(np.linalg.norm(t)) for t in self._scale_free_tensors()]
+        return [float(array_module(t).linalg.norm(t)) for t in self._scale_free_tensors()]
+
+    def _place_state(self) -> None:
+        """Every tensor onto the model's device (a no-op where it is)."""
+        self._device_module()
+        self.params_ = [{name: self._to_device(t) for name, t in prm.items()}
+                        for prm in self.params_]
 
     def _param_list(self) -> List[np.ndarray]:
         return [prm[name] for level, prm in enumerate(self.params_)
@@ -238,13 +253,14 @@ class MERA2D(Estimator):
     def _sites(self, X: np.ndarray) -> np.ndarray:
         """Images ``(n, H, W)`` -> input sites ``(n, H / k, W / k, p0)``: per-pixel features
         (``patch=1``) or raw ``k x k`` patch vectors, the constant first when asked for."""
-        X = np.ascontiguousarray(X, dtype=self.dtype)
+        xp = array_module(X)
+        X = xp.ascontiguousarray(X, dtype=self.dtype)
         k = int(self.patch)
         if k == 1:
             return ops.feature_map(X, self.feature_map, self._n_features(), self.constant)
         n, h, w = X.shape
         c = int(self.constant)
-        x = np.empty((n, h // k, w // k, c + k * k), X.dtype)
+        x = xp.empty((n, h // k, w // k, c + k * k), X.dtype)
         if c:
             x[..., 0] = 1
         x[..., c:] = X.reshape(n, h // k, k, w // k, k).transpose(0, 1, 3, 2, 4).reshape(
@@ -256,13 +272,15 @@ class MERA2D(Estimator):
                           record: Optional[List[np.ndarray]] = None):
         """Scores (and with labels the loss and the gradients) of a batch of images.
 
-        Returns ``(scores, log_scale, loss, grads)``; ``log_scale`` is the per-image log of
-        the factor the normalisations divided out. A ``record`` list receives the features
-        and then the normalised output of every level but the last (float64)."""
+        ``X`` and ``y`` are on the tensors' device. Returns ``(scores, log_scale, loss,
+        grads)``, arrays on that device; ``log_scale`` is the per-image log of the factor the
+        normalisations divided out. A ``record`` list receives the features and then the
+        normalised output of every level but the last (host float64)."""
         x = self._sites(X)
+        xp = array_module(x)
         if record is not None:
-            record.append(x.astype(np.float64))
-        log_scale = np.zeros(X.shape[0])
+            record.append(to_numpy(x).astype(np.float64))
+        log_scale = xp.zeros(X.shape[0])
         tapes, norms = [], []
         for level, prm in enumerate(self.params_):
             if self._names(level) == _END_PARAMS:
@@ -276,7 +294,7 @@ class MERA2D(Estimator):
                 log_scale += log_norm.reshape(X.shape[0], -1).sum(axis=1)
                 norms.append(nsaved)
                 if record is not None:  # normalised again in float64: unit to rounding
-                    record.append(unit_sites(out))
+                    record.append(to_numpy(unit_sites(out)))
         scores = out.reshape(X.shape[0], self.n_classes).astype(np.float64)
         if y is None:
             return scores, log_scale, None, None
@@ -310,11 +328,12 @@ class MERA2D(Estimator):
         sched = StepLR(opt, step_size=self.lr_step, gamma=self.lr_gamma)
 
         def step(idx):
-            scores, _, loss, grads = self._forward_backward(X[idx], y[idx])
+            X_b, y_b = self._to_device(X[idx]), self._to_device(y[idx])
+            scores, _, loss, grads = self._forward_backward(X_b, y_b)
             norms = self._norms()
             opt.step(grads)
             self._retract(norms)
-            return loss, int(np.sum(np.argmax(scores, axis=1) == y[idx]))
+            return loss, n_correct(scores, y_b)
 
         hooks = []
         if validation_data is not None:
@@ -338,15 +357,20 @@ class MERA2D(Estimator):
         positive per-image factor ``exp(log_scale)`` (see :meth:`log_scale`)."""
         self._check_fitted()
         X = self._check_X(X, fitted=True)
-        return np.concatenate([self._forward_backward(X[i:i + batch_size], None)[0]
-                               for i in range(0, X.shape[0], batch_size)])
+        return self._batched(X, batch_size, 0)
+
+    def _batched(self, X: np.ndarray, batch_size: int, which: int) -> np.ndarray:
+        """Output ``which`` of the forward pass (0: scores, 1: log-scales) over ``X`` in
+        batches, on the host."""
+        return np.concatenate([
+            to_numpy(self._forward_backward(self._to_device(X[i:i + batch_size]), None)[which])
+            for i in range(0, X.shape[0], batch_size)])
 
     def log_scale(self, X: Any, batch_size: int = 64) -> np.ndarray:
         """Per-image log of the factor between the exact network output and the scores."""
         self._check_fitted()
         X = self._check_X(X, fitted=True)
-        return np.concatenate([self._forward_backward(X[i:i + batch_size], None)[1]
-                               for i in range(0, X.shape[0], batch_size)])
+        return self._batched(X, batch_size, 1)
 
     def layer_outputs(self, X: Any, batch_size: int = 64) -> Dict[str, np.ndarray]:
         """Per-image representation at every layer of the network.
@@ -376,8 +400,9 @@ class MERA2D(Estimator):
 
         def forward(start: int, stop: int) -> List[np.ndarray]:
             record: List[np.ndarray] = []
-            scores = self._forward_backward(X[start:stop], None, record=record)[0]
-            return record + [scores]
+            scores = self._forward_backward(self._to_device(X[start:stop]), None,
+                                            record=record)[0]
+            return record + [to_numpy(scores)]
 
         return gather_layer_outputs(X.shape[0], batch_size, forward)
 

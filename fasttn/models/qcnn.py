@@ -2,7 +2,9 @@
 -> batch norm -> dense classifier.
 
 The model holds parameters and orchestrates; every level is one call of the fused
-``fasttn.ops.qcnn_level`` op, forward then backward in reverse.
+``fasttn.ops.qcnn_level`` op, forward then backward in reverse. With ``device="cuda"`` the
+parameters, running statistics, activations, gradients and optimizer moments stay on the GPU;
+each batch of site chains goes up once and only the loss and the correct count come back.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from .._validate import check_choice, check_positive_int
 from ..ops.feature_maps import FEATURE_MAPS, n_channels
 from ..ops.layout import SITE_ORDERS, site_order
 from ..ops.site_norm import unit_sites, unit_sites_log
-from ..train import AdamW, StepLR, loss_fn
+from ..train import AdamW, StepLR, loss_fn, n_correct
 from ..train.loop import fit_loop
 from .base import Estimator, register
 from .layer_outputs import gather_layer_outputs
@@ -28,7 +30,7 @@ def _own_blocks(x_all, window: int):
     """``(batch, sites, window * d)`` -> ``(batch, sites // window, window, d)``: for window
     position k, channel block k (its own convolution's output)."""
     b, s, c = x_all.shape
-    k = np.arange(window)
+    k = array_module(x_all).arange(window)
     return x_all.reshape(b, s // window, window, window, c // window)[:, :, k, k, :]
 
 
@@ -37,7 +39,7 @@ def _own_blocks_scatter(g, window: int):
     xp = array_module(g)
     b, p, w, d = g.shape
     out = xp.zeros((b, p, w, w, d), g.dtype)
-    k = np.arange(window)
+    k = xp.arange(window)
     out[:, :, k, k, :] = g
     return out.reshape(b, p * w, w * d)
 
@@ -112,11 +114,17 @@ class QCNN(Estimator):
     pad : bool
         Zero-pad images whose sides are not powers of two (otherwise an error).
     dtype : {"float32", "float64"}
+    device : {"cpu", "cuda"}
+        Where training and inference run. ``"cuda"`` keeps the parameters, batch-norm
+        running statistics and optimizer state on the GPU (CuPy arrays) and needs CuPy and
+        an NVIDIA GPU (checked by ``fit``); results come back as NumPy arrays and
+        checkpoints hold host arrays.
     random_state : int, optional
     verbose : int
     """
 
     _FITTED_ATTR = "weights_"
+    _DEVICE_STATE = ("weights_", "gammas_", "betas_", "running_means_", "running_vars_")
 
     def __init__(self, n_classes: int = 10, d: int = 18, widths: Optional[Sequence[int]] = None,
                  feature_map: str = "fourier", n_features: Optional[int] = None,
@@ -126,7 +134,7 @@ class QCNN(Estimator):
                  lr_step: int = 10, lr_gamma: float = 0.5, batch_size: int = 50,
                  epochs: int = 10, momentum: float = 0.1, eps: float = 1e-5,
                  beta_init: float = 0.0, domain: str = "auto", pad: bool = False,
-                 dtype: str = "float32",
+                 dtype: str = "float32", device: str = "cpu",
                  random_state: Optional[int] = None, verbose: int = 0):
         self.n_classes = n_classes
         self.d = d
@@ -150,6 +158,7 @@ class QCNN(Estimator):
         self.domain = domain
         self.pad = pad
         self.dtype = dtype
+        self.device = device
         self.random_state = random_state
         self.verbose = verbose
 
@@ -163,6 +172,7 @@ class QCNN(Estimator):
         check_choice("order", self.order, SITE_ORDERS)
         check_choice("loss", self.loss, ("square", "cross_entropy"))
         check_choice("domain", self.domain, DOMAINS)
+        self._check_device()
 
     def _n_features(self) -> int:
         if self.n_features is not None:
@@ -255,10 +265,11 @@ class QCNN(Estimator):
                           domain: str, record: Optional[List[np.ndarray]] = None):
         """Scores for a batch; with labels, also the loss, its gradients and batch stats.
 
-        Returns ``(scores, log_scores, loss, grads, used_stats)`` where ``log_scores`` is
-        ``(logabs, sign)`` in the log domain (None in the linear one). A ``record`` list
-        receives the features and then each pooling level's output with every site
-        divided by its norm, as host float64 arrays.
+        ``chains`` and ``y`` are on the parameters' device. Returns ``(scores, log_scores,
+        loss, grads, used_stats)``, arrays on that device, where ``log_scores`` is
+        ``(logabs, sign)`` in the log and scaled domains (None in the linear one). A
+        ``record`` list receives the features and then each pooling level's output with
+        every site divided by its norm, as host float64 arrays.
         """
         x = self._features(chains)
         xp = array_module(x)
@@ -287,7 +298,7 @@ class QCNN(Estimator):
                 tapes.append(saved)
                 if record is not None and l < L:
                     record.append(to_numpy(unit_sites(x)))
-            scores = to_numpy(x[:, 0, :])
+            scores = x[:, 0, :]
             log_scores = None
         elif domain == "scaled":  # inference only: one log-scale per site
             if training or y is not None:
@@ -308,11 +319,11 @@ class QCNN(Estimator):
                     logscale = logscale.reshape(b_, p_, win).sum(axis=2) + xp.log(m)
                 if record is not None and l < L:  # the log-scale only rescales each site
                     record.append(to_numpy(unit_sites(x)))
-            out, logscale = to_numpy(x[:, 0, :]), to_numpy(logscale[:, :1])
+            out, logscale = x[:, 0, :], logscale[:, :1]
             with np.errstate(divide="ignore"):
-                log_scores = (np.log(np.abs(out)) + logscale, np.sign(out).astype(np.int8))
+                log_scores = (xp.log(xp.abs(out)) + logscale, xp.sign(out).astype(np.int8))
             with np.errstate(over="ignore"):
-                scores = out * np.exp(logscale)
+                scores = out * xp.exp(logscale)
         else:
             with np.errstate(divide="ignore"):
                 la = xp.log(xp.abs(x))
@@ -331,20 +342,19 @@ class QCNN(Estimator):
                 used.append(s_used)
                 if record is not None and l < L:
                     record.append(to_numpy(unit_sites_log(la, sg)))
-            log_scores = (to_numpy(la[:, 0, :]), to_numpy(sg[:, 0, :]))
+            log_scores = (la[:, 0, :], sg[:, 0, :])
             with np.errstate(over="ignore"):
-                # (batch, classes): losses and metrics run on the host
-                scores = log_scores[1] * np.exp(log_scores[0].astype(np.float64))
+                scores = log_scores[1] * xp.exp(log_scores[0].astype(np.float64))
         if y is None:
             return scores, log_scores, None, None, used
         loss, g_scores = loss_fn(self.loss)(scores, y)
         grads_w, grads_g, grads_b = [None] * (L + 1), [None] * (L + 1), [None] * (L + 1)
         dt = np.dtype(self.dtype)
         if domain == "linear":
-            g = xp.asarray(g_scores.astype(dt)[:, None, :])
+            g = g_scores.astype(dt)[:, None, :]
             backward = ops.qcnn_level_backward
         else:  # dL/dlogabs = dL/dscore * score
-            g = xp.asarray((g_scores * scores).astype(dt)[:, None, :])
+            g = (g_scores * scores).astype(dt)[:, None, :]
             backward = ops.qcnn_level_log_backward
         affine = None  # batch-norm term of each level's input gradient, applied one level down
         for l in range(L, -1, -1):
@@ -376,11 +386,13 @@ class QCNN(Estimator):
         return {"auto": "scaled"}.get(self.domain, self.domain)
 
     def _update_running(self, used: List[Tuple[np.ndarray, np.ndarray]], batch: int) -> None:
+        """Blend the batch statistics into the running ones (on their device)."""
         m = self.momentum
         for l, (mean, var) in enumerate(used):
+            xp = array_module(self.running_means_[l])
             n = batch * self.sites_per_level_[l]
-            unbiased = np.asarray(var, np.float64) * (n / max(n - 1, 1))
-            self.running_means_[l] = (1 - m) * self.running_means_[l] + m * np.asarray(mean)
+            unbiased = xp.asarray(var, dtype=np.float64) * (n / max(n - 1, 1))
+            self.running_means_[l] = (1 - m) * self.running_means_[l] + m * xp.asarray(mean)
             self.running_vars_[l] = (1 - m) * self.running_vars_[l] + m * unbiased
 
     # ------------------------------------------------------------------------ public
@@ -439,12 +451,11 @@ class QCNN(Estimator):
             return self._sites(self._check_X(images, fitted=True))
 
         def step(idx):
-            scores, _, loss, grads, used = self._forward_backward(batch_chains(idx), y[idx],
-                                                                  True, domain)
+            chains_b, y_b = self._to_device(batch_chains(idx)), self._to_device(y[idx])
+            scores, _, loss, grads, used = self._forward_backward(chains_b, y_b, True, domain)
             opt.step(grads)
             self._update_running(used, len(idx))
-            pred = np.argmax(np.abs(scores) if abs_pred else scores, axis=1)
-            return loss, int(np.sum(pred == y[idx]))
+            return loss, n_correct(abs(scores) if abs_pred else scores, y_b)
 
         hooks = []
         best = {"accuracy": -1.0, "epoch": None, "state": None}
@@ -471,6 +482,7 @@ class QCNN(Estimator):
         if restore_best:
             self._set_state(best["state"], {"image_shape": list(self.image_shape_),
                                             "history": self.history_})
+            self._place_state()
             self.best_epoch_ = best["epoch"]
         return self
 
@@ -505,11 +517,14 @@ class QCNN(Estimator):
         domain = self._predict_domain()
         outs_la, outs_sg, outs = [], [], []
         for i in range(0, X.shape[0], batch_size):
-            chains = self._sites(X[i:i + batch_size])
+            chains = self._to_device(self._sites(X[i:i + batch_size]))
             scores, log_scores, *_ = self._forward_backward(chains, None, False, domain)
+            scores = to_numpy(scores)
             if log_scores is None:
                 with np.errstate(divide="ignore"):
                     log_scores = (np.log(np.abs(scores)), np.sign(scores).astype(np.int8))
+            else:
+                log_scores = tuple(to_numpy(a) for a in log_scores)
             outs.append(scores)
             outs_la.append(log_scores[0])
             outs_sg.append(log_scores[1])
@@ -547,9 +562,9 @@ class QCNN(Estimator):
 
         def forward(start: int, stop: int) -> List[np.ndarray]:
             record: List[np.ndarray] = []
-            scores = self._forward_backward(self._sites(X[start:stop]), None, False, domain,
-                                            record=record)[0]
-            return record + [scores]
+            chains = self._to_device(self._sites(X[start:stop]))
+            scores = self._forward_backward(chains, None, False, domain, record=record)[0]
+            return record + [to_numpy(scores)]
 
         return gather_layer_outputs(X.shape[0], batch_size, forward)
 

@@ -6,6 +6,10 @@ the DMRG-like sweep of the paper (``solver="sweep"``): the MPO cores are updated
 layers and biases by gradient steps, either all layers at each bond update (``"pal"``) or
 one layer after the other (``"lbl"``). Classification (cross-entropy on a softmax or
 sigmoid output) and regression (mean squared error) share one estimator.
+
+With ``device="cuda"`` the Adam solver keeps the layers' parameters, activations,
+gradients and optimizer moments on the GPU; each batch goes up once. The sweep solvers run
+on the CPU only.
 """
 from __future__ import annotations
 
@@ -18,8 +22,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .._validate import check_choice, check_dtype, check_finite, check_float_array, check_positive_int
+from ..backend import array_module, to_numpy
 from ..ops.svd_truncate import svd_truncate
 from ..train import AdamW
+from ..train.losses import cross_entropy_loss
 from ..train.loop import fit_loop
 from ..train.sweeps import MPOSweep, run_sweep
 from .base import Estimator, register
@@ -97,6 +103,11 @@ class TNN(Estimator):
     dtype : float32 or float64
     random_state : int, optional
     verbose : int
+    device : {"cpu", "cuda"}
+        Where training and inference run. ``"cuda"`` keeps the layers' parameters and the
+        optimizer state on the GPU (CuPy arrays) and needs CuPy and an NVIDIA GPU (checked
+        by ``fit``) and ``solver="adam"`` (the sweep solvers run on the CPU); results come
+        back as NumPy arrays and checkpoints hold host arrays.
     """
 
     _FITTED_ATTR = "n_features_in_"
@@ -106,7 +117,7 @@ class TNN(Estimator):
                  sweep_step: str = "plain",
                  cutoff: float = 0.0, epochs: int = 100, batch_size: Optional[int] = None,
                  dtype: Any = "float64", random_state: Optional[int] = None, verbose: int = 0,
-                 sweep_engine: str = "auto"):
+                 sweep_engine: str = "auto", device: str = "cpu"):
         self.layers = [l.get_config() if isinstance(l, Layer) else dict(l) for l in
                        _as_layers(layers)] if len(layers) else []
         self.loss = loss
@@ -122,6 +133,7 @@ class TNN(Estimator):
         self.random_state = random_state
         self.verbose = verbose
         self.sweep_engine = sweep_engine
+        self.device = device
 
     # -- configuration ------------------------------------------------------------------
     def _check_config(self) -> None:
@@ -132,6 +144,9 @@ class TNN(Estimator):
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("sweep_step", self.sweep_step, ("plain", "scaled"))
         check_choice("sweep_engine", self.sweep_engine, SWEEP_ENGINES)
+        if self._check_device() != "cpu" and self.solver == "sweep":
+            raise ValueError(f"solver: the sweep solvers ('sweep') run on the CPU only; use "
+                             f"solver='adam' with device={self.device!r}, or device='cpu'")
         check_dtype("dtype", self.dtype)
         check_positive_int("epochs", self.epochs)
         if self.batch_size is not None:
@@ -200,22 +215,19 @@ class TNN(Estimator):
         return h, saved
 
     def _loss(self, out: np.ndarray, y: np.ndarray) -> Tuple[float, np.ndarray]:
+        """Loss value and ``dL/dout``, on the device of ``out`` (``y`` on it too)."""
         n = out.shape[0]
+        xp = array_module(out)
         if self.task_ == "regression":
             diff = out.astype(np.float64) - y.reshape(n, -1)
-            return float(np.mean(diff * diff)), (2.0 / diff.size) * diff
+            return float(xp.mean(diff * diff)), (2.0 / diff.size) * diff
         z = out.astype(np.float64)
         if z.shape[1] == 1:  # sigmoid unit: binary cross-entropy on the logit
             t = y.astype(np.float64)[:, None]
-            loss = np.mean(np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z))))
+            loss = xp.mean(xp.maximum(z, 0) - z * t + xp.log1p(xp.exp(-xp.abs(z))))
             p = activation_forward("sigmoid", z)
             return float(loss), (p - t) / n
-        z = z - z.max(axis=1, keepdims=True)
-        log_z = np.log(np.sum(np.exp(z), axis=1))
-        loss = float(np.mean(log_z - z[np.arange(n), y]))
-        p = np.exp(z - log_z[:, None])
-        p[np.arange(n), y] -= 1.0
-        return loss, p / n
+        return cross_entropy_loss(z, y)
 
     def _backward(self, saved, g: np.ndarray) -> List[List[np.ndarray]]:
         grads: List[List[np.ndarray]] = [None] * len(self.layers_)  # type: ignore[list-item]
@@ -248,6 +260,7 @@ class TNN(Estimator):
         its split discarded (``discarded[layer][bond]``).
         """
         self._check_config()
+        self._device_module()  # a missing GPU fails here, before any work
         epochs = check_positive_int("epochs", epochs if epochs is not None else self.epochs)
         fitted = warm_start and getattr(self, "n_features_in_", None) is not None
         X = self._check_X(X, fitted=fitted)
@@ -260,6 +273,7 @@ class TNN(Estimator):
             self._build(X.shape[1], rng)
             self.n_features_in_ = X.shape[1]
             self.history_ = []
+        self._place_state()
         if self.solver == "adam":
             self._fit_adam(X, y_t, epochs, rng)
         else:
@@ -322,17 +336,18 @@ class TNN(Estimator):
         if self.task_ != "classification":
             return 0
         pred = (out[:, 0] > 0).astype(np.int64) if out.shape[1] == 1 else out.argmax(axis=1)
-        return int(np.sum(pred == y))
+        return int((pred == y).sum())
 
     def _fit_adam(self, X, y, epochs, rng) -> None:
         opt = AdamW(self._params(), lr=self.lr, weight_decay=0.0)
         batch = self.batch_size or X.shape[0]
 
         def step(idx):
-            out, saved = self._forward(X[idx])
-            loss, g = self._loss(out, y[idx])
+            X_b, y_b = self._to_device(X[idx]), self._to_device(y[idx])
+            out, saved = self._forward(X_b)
+            loss, g = self._loss(out, y_b)
             opt.step(self._flat_grads(self._backward(saved, g)))
-            return loss, self._n_correct(out, y[idx])
+            return loss, self._n_correct(out, y_b)
 
         hist = fit_loop(step, X.shape[0], epochs=epochs, batch_size=batch, rng=rng,
                         verbose=self.verbose, desc="fit tnn")
@@ -457,10 +472,10 @@ class TNN(Estimator):
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Network outputs before the final softmax/sigmoid (classification) or the
-        predictions (regression), ``(n, units)``."""
+        predictions (regression), ``(n, units)``, a NumPy array."""
         self._check_fitted()
         X = self._check_X(X, fitted=True)
-        return self._forward(X)[0]
+        return to_numpy(self._forward(self._to_device(X))[0])
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities ``(n, n_classes)``."""
@@ -513,7 +528,8 @@ class TNN(Estimator):
         dense = self.layers_[index]
         if not isinstance(dense, Dense):
             raise ValueError(f"index: layers[{index}] is a {dense.kind}, not a Dense layer")
-        tn = TNLayer.from_dense(dense.w, bond_dim, n_sites, dense.b if dense.use_bias else None,
+        tn = TNLayer.from_dense(to_numpy(dense.w), bond_dim, n_sites,
+                                to_numpy(dense.b) if dense.use_bias else None,
                                 dense.activation, cutoff=cutoff)
         configs = list(self.layers)
         configs[index] = tn.get_config()
@@ -525,6 +541,7 @@ class TNN(Estimator):
         new.history_ = list(self.history_)
         if hasattr(self, "classes_"):
             new.classes_ = self.classes_
+        new._place_state()  # the compressed layer was built on the host
         return new
 
     # -- diagnostics --------------------------------------------------------------------
@@ -543,7 +560,7 @@ class TNN(Estimator):
         for layer in self.tn_layers():
             from ..ops.mpo import mpo_to_dense
 
-            w = mpo_to_dense(layer.cores).astype(np.float64)
+            w = mpo_to_dense([to_numpy(c) for c in layer.cores]).astype(np.float64)
             n = layer.n_sites
             t = w.reshape(*layer.in_dims_, *layer.out_dims_)
             t = t.transpose([a for k in range(n) for a in (k, n + k)])
@@ -569,6 +586,12 @@ class TNN(Estimator):
         if self.task_ == "classification":
             meta["classes"] = self.classes_.tolist()
         return meta
+
+    def _place_state(self) -> None:
+        """Every layer's parameters (frozen ones too) onto the model's device."""
+        self._device_module()
+        for layer in self.layers_:
+            layer.set_params([self._to_device(p) for p in layer.params()])
 
     def _set_state(self, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> None:
         self.task_ = meta["task"]

@@ -3,6 +3,8 @@
 A layer is a forward/backward pair with explicit saved state, like every op here:
 ``forward(x) -> (y, saved)``, ``backward(saved, g_y) -> (g_x, [g_param, ...])``, with
 parameters in ``params()`` in the same order. Weights act as ``y = act(x @ W + b)``.
+Layers are built on the host; the arithmetic follows the array module of the inputs, so
+parameters and data on a GPU (CuPy) keep every step there.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 
 from .._validate import check_positive_int
+from ..backend import array_module
 from ..ops.mpo import check_cores, mpo_apply_forward, mpo_apply_backward, mpo_apply_method
 
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
@@ -26,16 +29,17 @@ def _check_activation(activation: Any) -> str:
 def activation_forward(name: str, z: np.ndarray) -> np.ndarray:
     if name == "linear":
         return z
+    xp = array_module(z)
     if name == "relu":
-        return np.maximum(z, 0)
+        return xp.maximum(z, 0)
     if name == "sigmoid":
         # split by sign so exp never overflows
-        e = np.exp(-np.abs(z))
-        return np.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype)
+        e = xp.exp(-xp.abs(z))
+        return xp.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype)
     if name == "tanh":
-        return np.tanh(z)
+        return xp.tanh(z)
     s = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(s)
+    e = xp.exp(s)
     return e / e.sum(axis=-1, keepdims=True)
 
 
@@ -49,7 +53,7 @@ def activation_backward(name: str, z: np.ndarray, y: np.ndarray, g_y: np.ndarray
         return g_y * y * (1 - y)
     if name == "tanh":
         return g_y * (1 - y * y)
-    return y * (g_y - np.sum(g_y * y, axis=-1, keepdims=True))
+    return y * (g_y - (g_y * y).sum(axis=-1, keepdims=True))
 
 
 def factor_dims(n: int, n_sites: int, name: str) -> Tuple[int, ...]:
@@ -135,7 +139,7 @@ class Dense(Layer):
 
     def set_params(self, arrays: Sequence[np.ndarray]) -> None:
         self.w = arrays[0]
-        self.b = arrays[1] if self.use_bias else np.zeros(0, self.w.dtype)
+        self.b = arrays[1] if self.use_bias else array_module(self.w).zeros(0, self.w.dtype)
 
     def forward(self, x: np.ndarray, skip_activation: bool = False):
         z = x @ self.w
@@ -278,7 +282,8 @@ class TNLayer(Layer):
 
     def set_params(self, arrays: Sequence[np.ndarray]) -> None:
         self.cores = check_cores(list(arrays[:self.n_sites]))
-        self.b = arrays[self.n_sites] if self.use_bias else np.zeros(0, self.cores[0].dtype)
+        self.b = arrays[self.n_sites] if self.use_bias else \
+            array_module(self.cores[0]).zeros(0, self.cores[0].dtype)
         self.in_dims_ = tuple(c.shape[1] for c in self.cores)
         self.out_dims_ = tuple(c.shape[2] for c in self.cores)
 
@@ -365,7 +370,7 @@ def fused_backward(dense: Dense, tn: TNLayer, saved, g_y: np.ndarray, need_g_x: 
     sum_g = g_z.sum(axis=0)
     g_w = dense.w.T @ xg                 # = h^T g_z with h = x A + a
     if dense.use_bias:
-        g_w += np.outer(dense.b, sum_g)
+        g_w += array_module(g_w).outer(dense.b, sum_g)
     tn_grads = [g_w] if dense_saved is None else None
     if dense_saved is not None:
         from ..ops.mpo import mpo_to_dense_backward

@@ -19,6 +19,9 @@ normalisations held fixed, summed over the training images) is computed, and the
 set to ``U V^T`` from its SVD ``E = U S V^T``, the isometry that maximises the fidelity with
 the rest of the network fixed. All tensors of a level are updated together (their inputs do
 not overlap), the SVDs of a level as one stack through ``fasttn.ops.svd_truncate``.
+
+With ``device="cuda"`` the weights, activations, gradients, environments and optimizer
+moments stay on the GPU; each batch (each chunk of a sweep's pass) goes up once.
 """
 from __future__ import annotations
 
@@ -31,10 +34,11 @@ from tqdm.auto import tqdm
 
 from .. import ops
 from .._validate import check_choice, check_positive_int
+from ..backend import array_module, to_numpy
 from ..ops.site_norm import site_norm_backward, site_norm_forward, unit_sites
 from ..train import AdamW, StepLR
 from ..train.loop import fit_loop
-from ..train.losses import cross_entropy_loss
+from ..train.losses import cross_entropy_loss, n_correct
 from ..train.stiefel import isometry_error
 from .base import Estimator, register
 from .layer_outputs import gather_layer_outputs
@@ -68,18 +72,23 @@ class TTN2D(Estimator):
         Gaussian initialisation, each tensor then made an isometry (its polar factor) and
         multiplied by ``init_scale``.
     dtype : {"float32", "float64"}
+    device : {"cpu", "cuda"}
+        Where training and inference run (both solvers). ``"cuda"`` keeps the weights and
+        optimizer state on the GPU (CuPy arrays) and needs CuPy and an NVIDIA GPU (checked
+        by ``fit``); results come back as NumPy arrays and checkpoints hold host arrays.
     random_state : int, optional
     verbose : int
     """
 
     _FITTED_ATTR = "weights_"
+    _DEVICE_STATE = ("weights_",)
 
     def __init__(self, n_classes: int = 10, chi: Union[int, Sequence[int]] = 4, d: int = 2,
                  top: str = "multiclass", solver: str = "adam", lr: float = 0.01,
                  weight_decay: float = 0.0, lr_step: int = 10, lr_gamma: float = 0.5,
                  batch_size: int = 64, epochs: int = 10, init_scale: float = 1.0,
-                 dtype: str = "float32", random_state: Optional[int] = None,
-                 verbose: int = 0):
+                 dtype: str = "float32", device: str = "cpu",
+                 random_state: Optional[int] = None, verbose: int = 0):
         self.n_classes = n_classes
         self.chi = chi
         self.d = d
@@ -93,6 +102,7 @@ class TTN2D(Estimator):
         self.epochs = epochs
         self.init_scale = init_scale
         self.dtype = dtype
+        self.device = device
         self.random_state = random_state
         self.verbose = verbose
 
@@ -103,6 +113,7 @@ class TTN2D(Estimator):
         ops.feature_maps.n_channels("cos_sin", self.d, False)
         check_choice("top", self.top, TOPS)
         check_choice("solver", self.solver, SOLVERS)
+        self._check_device()
         chis = [self.chi] if np.isscalar(self.chi) else list(self.chi)
         if not chis:
             raise ValueError("chi: expected a positive integer or a non-empty list of them")
@@ -147,8 +158,9 @@ class TTN2D(Estimator):
     # ----------------------------------------------------------------------- compute
     def _features(self, X: np.ndarray) -> np.ndarray:
         """``(n, trees * H, W, d)``: the feature map, repeated once per tree."""
-        x = ops.feature_map(np.ascontiguousarray(X, dtype=self.dtype), "cos_sin", self.d)
-        return np.concatenate([x] * self.n_trees_, axis=1) if self.n_trees_ > 1 else x
+        xp = array_module(X)
+        x = ops.feature_map(xp.ascontiguousarray(X, dtype=self.dtype), "cos_sin", self.d)
+        return xp.concatenate([x] * self.n_trees_, axis=1) if self.n_trees_ > 1 else x
 
     def _forward(self, X: np.ndarray, keep_sites: bool = False):
         """``(out, tapes, norms, log_scale, sites)``: the top output ``(n, trees, 1, d_top)``,
@@ -156,7 +168,7 @@ class TTN2D(Estimator):
         every level's normalised output."""
         x = self._features(X)
         n = X.shape[0]
-        log_scale = np.zeros((n, self.n_trees_))
+        log_scale = array_module(x).zeros((n, self.n_trees_))
         tapes, norms, sites = [], [], []
         for level, w in enumerate(self.weights_):
             out, saved = ops.tree_node_forward(x, w)
@@ -196,22 +208,25 @@ class TTN2D(Estimator):
         n = out.shape[0]
         if self.top == "ovr":
             pairs = out.reshape(n * self.n_trees_, 2)
-            yes = (y[:, None] == np.arange(self.n_trees_)).astype(np.int64).reshape(-1)
+            trees = array_module(out).arange(self.n_trees_)
+            yes = (y[:, None] == trees).astype(np.int64).reshape(-1)
             loss, g = cross_entropy_loss(pairs, yes)
             return loss * self.n_trees_, (g * self.n_trees_).reshape(out.shape)
         loss, g = cross_entropy_loss(out.reshape(n, self.n_classes), y)
         return loss, g.reshape(out.shape)
 
     def _target(self, y: np.ndarray, dtype) -> np.ndarray:
-        """The label states ``|label_n>`` in the shape of the top output."""
+        """The label states ``|label_n>`` in the shape of the top output (on the labels'
+        device)."""
+        xp = array_module(y)
         n = y.shape[0]
         if self.top == "ovr":
-            t = np.zeros((n, self.n_trees_, 1, 2), dtype)
-            t[:, :, 0, 1] = y[:, None] == np.arange(self.n_trees_)
+            t = xp.zeros((n, self.n_trees_, 1, 2), dtype)
+            t[:, :, 0, 1] = y[:, None] == xp.arange(self.n_trees_)
             t[:, :, 0, 0] = 1 - t[:, :, 0, 1]
             return t
-        t = np.zeros((n, 1, 1, self.n_classes), dtype)
-        t[np.arange(n), 0, 0, y] = 1
+        t = xp.zeros((n, 1, 1, self.n_classes), dtype)
+        t[xp.arange(n), 0, 0, y] = 1
         return t
 
     def _forward_backward(self, X: np.ndarray, y: np.ndarray):
@@ -250,9 +265,10 @@ class TTN2D(Estimator):
             sched = StepLR(opt, step_size=self.lr_step, gamma=self.lr_gamma)
 
             def step(idx):
-                scores, loss, grads = self._forward_backward(X[idx], y[idx])
+                X_b, y_b = self._batch_to_device(X[idx], y[idx])
+                scores, loss, grads = self._forward_backward(X_b, y_b)
                 opt.step(grads)
-                return loss, int(np.sum(np.argmax(scores, axis=1) == y[idx]))
+                return loss, n_correct(scores, y_b)
 
             hist = fit_loop(step, len(y), epochs=epochs, batch_size=batch_size, rng=rng,
                             set_epoch=lambda e: sched.set_epoch(start + e),
@@ -262,16 +278,25 @@ class TTN2D(Estimator):
         self.history_.extend(hist)
         return self
 
+    def _batch_to_device(self, X: np.ndarray, y: Optional[np.ndarray] = None):
+        """Images (and labels) of one batch on the model's device, one transfer each; the
+        images in the model dtype, cast on the host so that no wider copy goes up."""
+        X = self._to_device(np.ascontiguousarray(X, dtype=self.dtype))
+        return X if y is None else (X, self._to_device(y))
+
     def environments(self, X: Any, y: Any, level: int) -> np.ndarray:
         """The environment of every tensor of ``level``: the derivative of the fidelity
         ``sum_n <label_n | out_n>`` with respect to it, the normalisations held fixed,
-        summed over the images (float64, the shape of the level's weights)."""
+        summed over the images (float64 NumPy array, the shape of the level's weights)."""
         self._check_fitted()
         X = self._check_X(X, fitted=True)
-        y = np.asarray(y, np.int64)
-        env = np.zeros(self.weights_[level].shape)
+        return to_numpy(self._environments(X, np.asarray(y, np.int64), level))
+
+    def _environments(self, X: np.ndarray, y: np.ndarray, level: int) -> Any:
+        """:meth:`environments` on the weights' device, chunk by chunk."""
+        env = array_module(self.weights_[level]).zeros(self.weights_[level].shape)
         for i in range(0, X.shape[0], _SWEEP_CHUNK):
-            Xc, yc = X[i:i + _SWEEP_CHUNK], y[i:i + _SWEEP_CHUNK]
+            Xc, yc = self._batch_to_device(X[i:i + _SWEEP_CHUNK], y[i:i + _SWEEP_CHUNK])
             out, tapes, norms, _, _ = self._forward(Xc)
             grads = self._backward(tapes, norms, self._target(yc, out.dtype), down_to=level,
                                    frozen_norms=True)
@@ -286,15 +311,15 @@ class TTN2D(Estimator):
                        disable=self.verbose <= 0, leave=False, file=sys.stderr, unit="level")
             entropy = []
             for level in bar:
-                env = self.environments(X, y, level)
+                env = self._environments(X, y, level)
                 self.weights_[level][...], ent = _polar(env, with_entropy=True)
-                entropy.append(float(np.mean(ent)))
+                entropy.append(float(ent.mean()))
             fidelity, correct = 0.0, 0
             for i in range(0, X.shape[0], _SWEEP_CHUNK):
-                out = self._forward(X[i:i + _SWEEP_CHUNK])[0]
-                fidelity += float(np.sum(out * self._target(y[i:i + _SWEEP_CHUNK], out.dtype)))
-                correct += int(np.sum(np.argmax(self._scores(out), axis=1)
-                                      == y[i:i + _SWEEP_CHUNK]))
+                Xc, yc = self._batch_to_device(X[i:i + _SWEEP_CHUNK], y[i:i + _SWEEP_CHUNK])
+                out = self._forward(Xc)[0]
+                fidelity += float((out * self._target(yc, out.dtype)).sum())
+                correct += n_correct(self._scores(out), yc)
             record = {"epoch": sweep + 1, "fidelity": fidelity / X.shape[0],
                       "accuracy": correct / X.shape[0], "entropy": entropy,
                       "seconds": time.perf_counter() - t0}
@@ -310,7 +335,7 @@ class TTN2D(Estimator):
         """``max |T^T T - I|`` over the tensors of each level (viewed as inputs x output)."""
         self._check_fitted()
         errs = []
-        for w in self.weights_:
+        for w in map(to_numpy, self.weights_):
             mats = w.reshape(-1, w.shape[2] ** 4, w.shape[-1])
             errs.append(max(isometry_error(m) for m in mats))
         return errs
@@ -321,10 +346,11 @@ class TTN2D(Estimator):
             raise ValueError(f"{type(self).__name__} is not fitted yet; call fit first")
 
     def _batched(self, X: Any, batch_size: int, fn) -> np.ndarray:
+        """``fn`` of each batch on the model's device, gathered on the host."""
         self._check_fitted()
         X = self._check_X(X, fitted=True)
         check_positive_int("batch_size", batch_size)
-        return np.concatenate([fn(X[i:i + batch_size])
+        return np.concatenate([to_numpy(fn(self._batch_to_device(X[i:i + batch_size])))
                                for i in range(0, X.shape[0], batch_size)])
 
     def decision_function(self, X: Any, batch_size: int = 256) -> np.ndarray:
@@ -355,10 +381,12 @@ class TTN2D(Estimator):
         X = self._check_X(X, fitted=True)
 
         def forward(start: int, stop: int) -> List[np.ndarray]:
-            b = X[start:stop]
+            b = self._batch_to_device(X[start:stop])
             out, _, _, _, sites = self._forward(b, keep_sites=True)
-            feats = ops.feature_map(np.ascontiguousarray(b, dtype=self.dtype), "cos_sin", self.d)
-            return [feats] + [unit_sites(s) for s in sites] + [self._scores(out)]
+            xp = array_module(b)
+            feats = ops.feature_map(xp.ascontiguousarray(b, dtype=self.dtype), "cos_sin", self.d)
+            layers = [feats] + [unit_sites(s) for s in sites] + [self._scores(out)]
+            return [to_numpy(a) for a in layers]
 
         return gather_layer_outputs(X.shape[0], batch_size, forward)
 
@@ -387,7 +415,8 @@ def _polar(t: np.ndarray, with_entropy: bool = False):
     as one stacked SVD (float64); with ``with_entropy`` also the entropy of each matrix's
     normalised squared singular values."""
     shape = t.shape
-    mats = np.asarray(t, np.float64).reshape(-1, shape[2] ** 4, shape[-1])
+    xp = array_module(t)
+    mats = xp.asarray(t, dtype=np.float64).reshape(-1, shape[2] ** 4, shape[-1])
     split = ops.svd_truncate(mats, absorb="none")
-    polar = np.matmul(split.left, split.right).reshape(shape)
+    polar = xp.matmul(split.left, split.right).reshape(shape)
     return (polar, split.entropy) if with_entropy else polar

@@ -4,7 +4,7 @@ A tensor is viewed as a matrix from its input legs to its output legs; it is iso
 that matrix has orthonormal columns (or, if it has fewer rows than columns, orthonormal
 rows). After each optimiser step the weights are put back on the manifold by the polar
 retraction: the nearest such matrix in the Frobenius norm, ``U V^T`` from the thin SVD
-(LAPACK through NumPy).
+(LAPACK through NumPy, cuSOLVER through CuPy for device arrays).
 """
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import array_module
 
-def polar_retract(a: Any) -> np.ndarray:
-    """The isometry nearest to the matrix ``a`` (float64 SVD, returned in ``a``'s dtype)."""
-    a = np.asarray(a)
+
+def polar_retract(a: Any) -> Any:
+    """The isometry nearest to the matrix ``a`` (float64 SVD, returned in ``a``'s dtype, on
+    ``a``'s device)."""
+    xp = array_module(a)
+    a = xp.asarray(a)
     if a.ndim != 2:
         raise ValueError(f"a: expected a matrix, got shape {a.shape}")
-    u, _, vt = np.linalg.svd(a.astype(np.float64), full_matrices=False)
+    u, _, vt = xp.linalg.svd(a.astype(np.float64), full_matrices=False)
     return (u @ vt).astype(a.dtype)
 
 

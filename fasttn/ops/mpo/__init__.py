@@ -12,6 +12,7 @@ from typing import Any, List, NamedTuple, Sequence, Tuple
 import numpy as np
 
 from ..._validate import check_finite, check_float_array
+from ...backend import array_module
 from ...plan import contract, contraction_plan
 from . import cpu, reference
 
@@ -46,7 +47,7 @@ def mpo_to_dense_forward(cores: Sequence[Any]):
 
 def mpo_to_dense_backward(saved: Any, g_w: Any) -> List[np.ndarray]:
     """``[dL/dcore_k]`` given ``dL/dW``."""
-    return cpu.mpo_to_dense_backward(saved, np.ascontiguousarray(g_w))
+    return cpu.mpo_to_dense_backward(saved, array_module(g_w).ascontiguousarray(g_w))
 
 
 def mpo_to_dense(cores: Sequence[Any]) -> np.ndarray:
@@ -116,7 +117,7 @@ def mpo_apply_backward(saved: Any, g_y: Any, need_g_x: bool = True):
     in_dims, out_dims = reference.mpo_dims(cores)
     batch = x.shape[0]
     xt = x.reshape(batch, *in_dims)
-    gt = np.ascontiguousarray(g_y).reshape(batch, *out_dims)
+    gt = array_module(g_y).ascontiguousarray(g_y).reshape(batch, *out_dims)
     b, ins, outs, _ = reference._symbols(n)
     terms = reference.core_terms(n)
     x_term, g_term = b + "".join(ins), b + "".join(outs)

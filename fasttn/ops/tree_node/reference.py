@@ -8,12 +8,15 @@ positions)::
                                  x[n, 2i+1, 2j, c] x[n, 2i+1, 2j+1, d] w[i, j, a, b, c, d, z]
 
 ``x : (batch, H, W, p)``, ``w : (H/2, W/2, p, p, p, p, chi)`` -> ``out : (batch, H/2, W/2, chi)``.
+Written on the array module of ``x``, so that CuPy arrays stay on the device.
 """
 from __future__ import annotations
 
 from typing import List, Tuple
 
 import numpy as np
+
+from ...backend import array_module
 
 CORNERS = ((0, 0), (0, 1), (1, 0), (1, 1))  # (row, column) in the block: a, b, c, d
 _SITES = ("nija", "nijb", "nijc", "nijd")
@@ -30,7 +33,7 @@ def block_corners(x: np.ndarray) -> List[np.ndarray]:
 
 def tree_node_forward(x: np.ndarray, w: np.ndarray) -> Tuple[np.ndarray, tuple]:
     """``(out, saved)``."""
-    out = np.einsum(",".join(_SITES + (_W,)) + "->" + _OUT, *block_corners(x), w)
+    out = array_module(x).einsum(",".join(_SITES + (_W,)) + "->" + _OUT, *block_corners(x), w)
     return out, (x, w)
 
 
@@ -38,15 +41,16 @@ def tree_node_backward(saved: tuple, g_out: np.ndarray) -> Tuple[np.ndarray, np.
     """``(g_x, g_w)`` for ``L = sum(g_out * out)``: the network is multilinear, so each
     gradient is the network with that tensor taken out and ``g_out`` on the open leg."""
     x, w = saved
+    xp = array_module(x)
     terms = list(_SITES) + [_W, _OUT]
     operands = block_corners(x) + [w, g_out]
 
     def grad(k):
         rest = [t for i, t in enumerate(terms) if i != k]
         ops_ = [o for i, o in enumerate(operands) if i != k]
-        return np.einsum(",".join(rest) + "->" + terms[k], *ops_)
+        return xp.einsum(",".join(rest) + "->" + terms[k], *ops_)
 
-    g_x = np.empty_like(x)
+    g_x = xp.empty_like(x)
     g_blocks = g_x.reshape(x.shape[0], x.shape[1] // 2, 2, x.shape[2] // 2, 2, x.shape[3])
     for k, (r, c) in enumerate(CORNERS):
         g_blocks[:, :, r, :, c, :] = grad(k)

@@ -1,7 +1,7 @@
 """Boundary checks. Every message names the argument, what was expected and what came."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
@@ -90,6 +90,28 @@ def check_positive_int(name: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise ValueError(f"{name}: expected a positive integer, got {v!r}")
     return int(v)
+
+
+def check_per_level(name: str, v: Any, n_levels: Optional[int] = None,
+                    what: str = "") -> List[int]:
+    """A positive integer for every level, or a sequence of one per level: the list of
+    per-level values (``n_levels`` of them when given; with a sequence, its length must be
+    ``n_levels``, described by ``what`` in the error)."""
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        vals = [check_positive_int(name, v)] * (n_levels if n_levels is not None else 1)
+        return vals
+    try:
+        vals = list(v)
+    except TypeError:
+        raise ValueError(f"{name}: expected a positive integer or a list of them, "
+                         f"got {v!r}") from None
+    if not vals:
+        raise ValueError(f"{name}: expected a positive integer or a non-empty list of them")
+    vals = [check_positive_int(name, c) for c in vals]
+    if n_levels is not None and len(vals) != n_levels:
+        raise ValueError(f"{name}: expected one value per level ({n_levels}{what}), "
+                         f"got {len(vals)}")
+    return vals
 
 
 def check_choice(name: str, v: Any, choices: Sequence[Any]) -> Any:

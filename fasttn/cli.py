@@ -69,6 +69,12 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     _add_train_torch(models)
 
 
+def _int_or_list(text: str):
+    """``"4"`` -> 4, ``"4,2"`` -> [4, 2] (per-level values on the command line)."""
+    vals = [int(c) for c in text.split(",")]
+    return vals[0] if len(vals) == 1 else vals
+
+
 def _add_device_option(q: argparse.ArgumentParser, note: str = "") -> None:
     q.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="where training runs (cuda needs CuPy and an NVIDIA GPU)" + note)
@@ -343,9 +349,8 @@ def _train_ttn(args: argparse.Namespace) -> int:
     import fasttn
 
     X_tr, y_tr, X_te, y_te = _image_task(args)
-    chi = [int(c) for c in args.chi.split(",")]
     n_classes = max(int(max(y_tr.max(), y_te.max())) + 1, 2)
-    model = fasttn.TTN2D(n_classes=n_classes, chi=chi[0] if len(chi) == 1 else chi, d=args.d,
+    model = fasttn.TTN2D(n_classes=n_classes, chi=_int_or_list(args.chi), d=args.d,
                          top=args.top, solver=args.solver, lr=args.lr, lr_step=args.lr_step,
                          batch_size=args.batch_size, epochs=args.epochs, dtype=args.dtype,
                          device=args.device, random_state=args.seed,
@@ -385,8 +390,14 @@ def _add_train_mera(models: argparse._SubParsersAction) -> None:
     q.add_argument("--n-test", type=int, default=None)
     q.add_argument("--data-dir", default=None)
     _add_needle_source_options(q)
-    q.add_argument("--chi", type=int, default=4, help="bond dimension of the level outputs")
-    q.add_argument("--bond", type=int, default=None, help="disentangler legs (default chi)")
+    q.add_argument("--chi", default="4",
+                   help="bond dimension of the level outputs: one for all 4x4 levels, or a "
+                        "comma-separated list of one per level")
+    q.add_argument("--bond", default=None,
+                   help="disentangler legs: one for all levels or one per level "
+                        "(default: each level's chi)")
+    q.add_argument("--unshared", action="store_true",
+                   help="one set of tensors per block instead of one per level")
     q.add_argument("--patch", type=int, default=1,
                    help="sites are PATCH x PATCH squares of raw pixel values (1: every pixel "
                         "a site, embedded by --feature-map)")
@@ -421,8 +432,9 @@ def _train_mera(args: argparse.Namespace) -> int:
                                        n_test=args.n_test, data_dir=args.data_dir,
                                        seed=args.seed, **_needle_kwargs(args))
     n_classes = int(max(y_tr.max(), y_te.max())) + 1
-    model = fasttn.MERA2D(n_classes=max(n_classes, 2), chi=args.chi, bond=args.bond,
-                          patch=args.patch, feature_map=args.feature_map, constant=not args.no_constant,
+    model = fasttn.MERA2D(n_classes=max(n_classes, 2), chi=_int_or_list(args.chi),
+                          bond=None if args.bond is None else _int_or_list(args.bond),
+                          shared=not args.unshared, patch=args.patch, feature_map=args.feature_map, constant=not args.no_constant,
                           init=args.init, constraint=args.constraint, lr=args.lr,
                           lr_step=args.lr_step,
                           batch_size=args.batch_size, epochs=args.epochs, dtype=args.dtype,

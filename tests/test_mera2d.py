@@ -244,3 +244,88 @@ def test_patch_learns_digits_and_checks_its_tiling(rng):
         MERA2D(patch=2).fit(rng.random((2, 12, 12)), [0, 1])
     with pytest.raises(ValueError, match="patch"):
         MERA2D(patch=0).fit(rng.random((2, 16, 16)), [0, 1])
+
+
+def test_bond_dimensions_per_level(rng):
+    # 32x32: two 4x4 levels and the end block; chi per 4x4 level, bond per level
+    m = small_model(rng, side=32, chi=[3, 2], bond=[2, 3, 4])
+    assert m.chis_ == [3, 2] and m.bonds_ == [2, 3, 4]
+    assert m.params_[0]["w"].shape == (4, m.p0_, m.p0_, m.p0_, 2, 3)
+    assert m.params_[1]["u1"].shape == (3,) * 4 + (3,) * 4
+    assert m.params_[1]["top"].shape == (2,) * 4 + (2,)
+    assert m.params_[2]["u"].shape == (2,) * 4 + (4,) * 4
+    assert m.params_[2]["top"].shape == (4,) * 4 + (3,)
+    # default bonds: each level's chi, the end block its input's dimension
+    assert small_model(rng, side=32, chi=[3, 2]).bonds_ == [3, 2, 2]
+    X = rng.random((2, 32, 32))
+    y = rng.integers(0, 3, 2)
+    _, _, loss, grads = m._forward_backward(X, y)
+    assert np.isfinite(loss) and all(g.shape == p.shape for g, p in
+                                     zip(grads, m._param_list()))
+    with pytest.raises(ValueError, match=r"chi: expected one value per level \(2 4x4 levels"):
+        MERA2D(n_classes=3, chi=[2, 2, 2]).fit(X, y)
+    with pytest.raises(ValueError, match=r"bond: expected one value per level \(3 levels"):
+        MERA2D(n_classes=3, chi=2, bond=[2, 2]).fit(X, y)
+    with pytest.raises(ValueError, match="chi: expected a positive integer"):
+        MERA2D(n_classes=3, chi=[2, 0]).fit(X, y)
+
+
+def test_unshared_blocks_equal_the_shared_network_with_equal_tensors(rng):
+    # with every block's tensors equal to the shared ones, an unshared level is the shared
+    # level: the same scores, and its per-block gradients add up to the shared gradients
+    shared = small_model(rng, side=32, chi=2)
+    unshared = small_model(rng, side=32, chi=2, shared=False)
+    assert unshared.n_blocks_ == [64, 4, 1]
+    for level, prm in enumerate(shared.params_):
+        for name, t in prm.items():
+            dst = unshared.params_[level][name]
+            dst[...] = t if dst.shape == t.shape else t[None]
+    X = rng.random((3, 32, 32))
+    y = rng.integers(0, 3, 3)
+    s1, ls1, l1, g1 = shared._forward_backward(X, y)
+    s2, ls2, l2, g2 = unshared._forward_backward(X, y)
+    assert_close(s2, s1, np.float64, "scores")
+    assert_close(ls2, ls1, np.float64, "log scale")
+    for k, (a, b) in enumerate(zip(g2, g1)):
+        assert_close(a.sum(axis=0) if a.shape != b.shape else a, b, np.float64, f"grad {k}")
+    # and the blocks are independent: changing one block's tensors changes its gradient only
+    unshared.params_[0]["u1"][5] *= 1.5
+    g3 = unshared._forward_backward(X, y)[3]
+    assert not np.allclose(g3[0][5], g2[0][5])
+
+
+def test_unshared_gradients_and_constraints(rng):
+    m = small_model(rng, side=16, chi=2, shared=False)
+    X = rng.random((3, 16, 16))
+    y = rng.integers(0, 3, 3)
+    _, _, loss, grads = m._forward_backward(X, y)
+    for k, (p, g) in enumerate(zip(m._param_list(), grads)):
+        d = rng.standard_normal(p.shape)
+        p0 = p.copy()
+
+        def loss_at(v, p=p):
+            p[...] = v
+            return m._forward_backward(X, y)[2]
+
+        fd = finite_difference(loss_at, p0, d, h=1e-5)
+        p[...] = p0
+        assert abs(fd - np.sum(g * d)) <= 1e-6 * max(1e-3, abs(fd)), f"parameter {k}"
+    from fasttn.train.stiefel import isometry_error
+
+    iso = MERA2D(n_classes=3, chi=2, shared=False, constraint="isometric", epochs=2,
+                 batch_size=4, dtype="float64", random_state=1).fit(X, y)
+    views = iso.isometric_views()
+    assert len(views) == 16 * 7 + 6  # u1, four w, u2, top per block of level 0; the last level has no top view
+    assert max(isometry_error(v) for v in views) <= 1e-10
+    norm = MERA2D(n_classes=3, chi=2, shared=False, constraint="norm", epochs=1,
+                  batch_size=4, dtype="float64", random_state=1)
+    norm._check_config()
+    norm._setup((16, 16))
+    norm._init_params(np.random.default_rng(1))
+    before = norm._norms()
+    start = [t.copy() for t in norm._scale_free_tensors()]
+    norm.fit(X, y, warm_start=False)  # re-initialised from the same seed: the same start
+    # each block's tensors keep their own norm (the per-site normalisation divides it out)
+    assert len(before) == 16 * 4
+    np.testing.assert_allclose(norm._norms(), before, rtol=1e-12)
+    assert max(np.abs(a - b).max() for a, b in zip(norm._scale_free_tensors(), start)) > 1e-6

@@ -190,7 +190,7 @@ def test_finite_at_1024():
 @pytest.mark.parametrize("kwargs,shape,match", [
     ({}, (4, 6, 6), "power of 2"),
     ({}, (4, 8, 4), "square"),
-    ({"chi": [2, 2, 2]}, (4, 8, 8), "chi: expected one bond dimension per level"),
+    ({"chi": [2, 2, 2]}, (4, 8, 8), "chi: expected one value per level"),
     ({"chi": 0}, (4, 8, 8), "chi"),
     ({"top": "tree"}, (4, 8, 8), "top"),
     ({"solver": "dmrg"}, (4, 8, 8), "solver"),

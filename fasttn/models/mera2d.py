@@ -12,12 +12,12 @@ each batch of images goes up once and only the loss and the correct count come b
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .. import ops
-from .._validate import check_choice, check_positive_int
+from .._validate import check_choice, check_per_level, check_positive_int
 from ..backend import array_module, to_numpy
 from ..ops.feature_maps import FEATURE_MAPS, n_channels
 from ..ops.site_norm import site_norm_backward, site_norm_forward, unit_sites
@@ -40,10 +40,18 @@ class MERA2D(Estimator):
     Parameters
     ----------
     n_classes : int
-    chi : int
-        Bond dimension of every level's output sites (the isometry outputs).
-    bond : int, optional
-        Dimension of the disentangler legs (default ``chi``).
+    chi : int or sequence of int
+        Bond dimension of the isometry outputs (the output sites) of every 4x4 level, or one
+        per 4x4 level (the last level's ``top`` maps its ``chi`` to the classes).
+    bond : int or sequence of int, optional
+        Dimension of the disentangler legs, for every level or one per level (the 2x2 end
+        block included); default: the level's ``chi`` (the end block: the dimension of its
+        input sites).
+    shared : bool
+        One set of tensors per level, shared by all its blocks (default: parameters
+        independent of the image size), or one set per block (``False``: position-specific
+        blocks, as the reference's NeedleMNIST models; the tensors gain a leading axis over
+        the level's blocks in row-major order).
     patch : int
         Side of the square of pixels that forms one input site. 1 (default): every pixel
         is a site, embedded by ``feature_map``. ``k > 1``: every ``k x k`` patch is a site
@@ -95,7 +103,8 @@ class MERA2D(Estimator):
 
     _FITTED_ATTR = "params_"
 
-    def __init__(self, n_classes: int = 2, chi: int = 4, bond: Optional[int] = None,
+    def __init__(self, n_classes: int = 2, chi: Union[int, Sequence[int]] = 4,
+                 bond: Union[None, int, Sequence[int]] = None, shared: bool = True,
                  patch: int = 1, feature_map: str = "cos_sin", n_features: Optional[int] = None,
                  constant: bool = True, lr: float = 0.005, weight_decay: float = 0.0, lr_step: int = 10,
                  lr_gamma: float = 0.5, batch_size: int = 32, epochs: int = 10,
@@ -105,6 +114,7 @@ class MERA2D(Estimator):
         self.n_classes = n_classes
         self.chi = chi
         self.bond = bond
+        self.shared = shared
         self.patch = patch
         self.feature_map = feature_map
         self.n_features = n_features
@@ -126,10 +136,11 @@ class MERA2D(Estimator):
     # ------------------------------------------------------------------ configuration
     def _check_config(self) -> None:
         self._check_classifier_config()
-        check_positive_int("chi", self.chi)
+        check_per_level("chi", self.chi)
         check_positive_int("patch", self.patch)
         if self.bond is not None:
-            check_positive_int("bond", self.bond)
+            check_per_level("bond", self.bond)
+        check_choice("shared", self.shared, (True, False))
         check_choice("feature_map", self.feature_map, FEATURE_MAPS)
         check_choice("init", self.init, ("identity", "random"))
         check_choice("constraint", self.constraint, ("none", "isometric", "norm"))
@@ -158,6 +169,15 @@ class MERA2D(Estimator):
         self.image_shape_ = (h, w)
         self.has_end_ = side == 2
         self.n_levels_ = levels + int(self.has_end_)
+        self.chis_ = check_per_level("chi", self.chi, levels,
+                                     f" 4x4 levels for {h}x{w} images in {k}x{k} sites")
+        end_bond = self.chis_[-1] if self.chis_ else check_positive_int("chi", self.chi)
+        self.bonds_ = (check_per_level("bond", self.bond, self.n_levels_,
+                                       f" levels for {h}x{w} images in {k}x{k} sites")
+                       if self.bond is not None else self.chis_ + [end_bond] * self.has_end_)
+        # blocks of each level: (grid side / 4)^2, one for the end block
+        self.n_blocks_ = [(h // k // 4 ** (l + 1)) ** 2 for l in range(levels)] + \
+            [1] * self.has_end_
         if k == 1:
             self.p0_ = n_channels(self.feature_map, self._n_features(), self.constant)
         else:
@@ -168,18 +188,34 @@ class MERA2D(Estimator):
         return _END_PARAMS if self.has_end_ and level == self.n_levels_ - 1 else _PARAMS
 
     def _dims(self, level: int) -> Tuple[int, int, int, int]:
-        """``(p, b, chi, d_out)`` of a level."""
-        p = self.p0_ if level == 0 else self.chi
-        d_out = self.n_classes if level == self.n_levels_ - 1 else self.chi
-        return p, self.bond or self.chi, self.chi, d_out
+        """``(p, b, chi, d_out)`` of a level (``chi`` 0 for the end block)."""
+        p = self.p0_ if level == 0 else self.chis_[level - 1]
+        chi = self.chis_[level] if level < len(self.chis_) else 0
+        d_out = self.n_classes if level == self.n_levels_ - 1 else chi
+        return p, self.bonds_[level], chi, d_out
+
+    def _per_block(self, level: int) -> bool:
+        """Whether the level has one set of tensors per block."""
+        return not self.shared and self._names(level) == _PARAMS
 
     def _shapes(self, level: int) -> Dict[str, Tuple[Tuple[int, ...], int]]:
-        """``name: (shape, fan_in)`` of each tensor of a level."""
+        """``name: (shape, fan_in)`` of each tensor of a level (with the leading block axis
+        of unshared levels)."""
         p, b, chi, d_out = self._dims(level)
         if self._names(level) == _END_PARAMS:
             return {"u": ((p,) * 4 + (b,) * 4, p ** 4), "top": ((b,) * 4 + (d_out,), b ** 4)}
-        return {"u1": ((p,) * 4 + (b,) * 4, p ** 4), "w": ((4, p, p, p, b, chi), p ** 3 * b),
-                "u2": ((chi,) * 8, chi ** 4), "top": ((chi,) * 4 + (d_out,), chi ** 4)}
+        lead = (self.n_blocks_[level],) if self._per_block(level) else ()
+        return {"u1": (lead + (p,) * 4 + (b,) * 4, p ** 4),
+                "w": (lead + (4, p, p, p, b, chi), p ** 3 * b),
+                "u2": (lead + (chi,) * 8, chi ** 4),
+                "top": (lead + (chi,) * 4 + (d_out,), chi ** 4)}
+
+    def _block_tensors(self, level: int) -> List[Dict[str, Any]]:
+        """The tensors of each block of a level (views; one dict for a shared level)."""
+        prm = self.params_[level]
+        if not self._per_block(level):
+            return [prm]
+        return [{name: t[j] for name, t in prm.items()} for j in range(self.n_blocks_[level])]
 
     def _init_params(self, rng: np.random.Generator) -> None:
         dt = np.dtype(self.dtype)
@@ -187,12 +223,13 @@ class MERA2D(Estimator):
         for level in range(self.n_levels_):
             shapes = self._shapes(level)
             prm = {}
+            lead = 1 if self._per_block(level) else 0
             for name, (shape, fan_in) in shapes.items():
                 t = self.init_scale / np.sqrt(fan_in) * rng.standard_normal(shape)
                 last_top = name == "top" and level == self.n_levels_ - 1
                 if self.init == "identity" and not last_top:  # w: each of the four isometries
-                    t[(slice(None),) + (0,) * (len(shape) - 1) if name == "w"
-                      else (0,) * len(shape)] += 1.0
+                    free = lead + (name == "w")  # axes over blocks and isometries
+                    t[(slice(None),) * free + (0,) * (len(shape) - free)] += 1.0
                 prm[name] = t.astype(dt)
             self.params_.append(prm)
         self._retract()
@@ -200,16 +237,17 @@ class MERA2D(Estimator):
     def isometric_views(self) -> List[np.ndarray]:
         """The constrained tensors as (inputs x outputs) matrices (views of the weights)."""
         views = []
-        for level, prm in enumerate(self.params_):
+        for level in range(self.n_levels_):
             p, b, chi, d_out = self._dims(level)
-            if self._names(level) == _END_PARAMS:
-                views.append(prm["u"].reshape(p ** 4, b ** 4))
-                continue
-            views.append(prm["u1"].reshape(p ** 4, b ** 4))
-            views.extend(prm["w"][q].reshape(p ** 3 * b, chi) for q in range(4))
-            views.append(prm["u2"].reshape(chi ** 4, chi ** 4))
-            if level < self.n_levels_ - 1:
-                views.append(prm["top"].reshape(chi ** 4, d_out))
+            for prm in self._block_tensors(level):
+                if self._names(level) == _END_PARAMS:
+                    views.append(prm["u"].reshape(p ** 4, b ** 4))
+                    continue
+                views.append(prm["u1"].reshape(p ** 4, b ** 4))
+                views.extend(prm["w"][q].reshape(p ** 3 * b, chi) for q in range(4))
+                views.append(prm["u2"].reshape(chi ** 4, chi ** 4))
+                if level < self.n_levels_ - 1:
+                    views.append(prm["top"].reshape(chi ** 4, d_out))
         return views
 
     def _retract(self, norms: Optional[List[float]] = None) -> None:
@@ -226,9 +264,9 @@ class MERA2D(Estimator):
 
     def _scale_free_tensors(self) -> List[np.ndarray]:
         """The tensors whose scale the per-site normalisation divides out of the scores:
-        those of every level but the last."""
-        return [prm[name] for level, prm in enumerate(self.params_[:-1])
-                for name in self._names(level)]
+        those of every level but the last (each block's own, on unshared levels)."""
+        return [prm[name] for level in range(self.n_levels_ - 1)
+                for prm in self._block_tensors(level) for name in self._names(level)]
 
     def _norms(self) -> Optional[List[float]]:
         if self.constraint != "norm":
@@ -268,6 +306,53 @@ class MERA2D(Estimator):
         return x
 
     # ----------------------------------------------------------------------- compute
+    def _level_forward(self, level: int, x: Any) -> Tuple[Any, Any]:
+        """One level's blocks on the sites ``x (n, g, g, p)``: ``(out (n, g/4, g/4, d),
+        saved)``; an unshared level contracts each block with its own tensors."""
+        prm = self.params_[level]
+        if self._names(level) == _END_PARAMS:
+            return ops.mera_end_forward(x, prm["u"], prm["top"])
+        if not self._per_block(level):
+            return ops.mera_block_forward(x, prm["u1"], prm["w"], prm["u2"], prm["top"])
+        xp = array_module(x)
+        n, g = x.shape[:2]
+        side = g // 4
+        out, saved = None, []
+        for j, t in enumerate(self._block_tensors(level)):
+            r, c = divmod(j, side)
+            o, sv = ops.mera_block_forward(
+                xp.ascontiguousarray(x[:, 4 * r:4 * r + 4, 4 * c:4 * c + 4]),
+                t["u1"], t["w"], t["u2"], t["top"])
+            if out is None:
+                out = xp.empty((n, side, side, o.shape[-1]), o.dtype)
+            out[:, r:r + 1, c:c + 1] = o
+            saved.append(sv)
+        return out, (x.shape, saved)
+
+    def _level_backward(self, level: int, saved: Any, g: Any) -> Tuple[Any, List[Any]]:
+        """``(dL/dx, gradients of the level's tensors in _names order)``."""
+        if self._names(level) == _END_PARAMS:
+            g_x, *grads = ops.mera_end_backward(saved, g)
+            return g_x, grads
+        if not self._per_block(level):
+            g_x, *grads = ops.mera_block_backward(saved, g)
+            return g_x, grads
+        xp = array_module(g)
+        shape, blocks = saved
+        side = shape[1] // 4
+        g_x = None
+        grads = [xp.empty(self.params_[level][name].shape, g.dtype) for name in _PARAMS]
+        for j, sv in enumerate(blocks):
+            r, c = divmod(j, side)
+            g_xb, *g_t = ops.mera_block_backward(
+                sv, xp.ascontiguousarray(g[:, r:r + 1, c:c + 1]))
+            if g_x is None:
+                g_x = xp.empty(shape, g_xb.dtype)
+            g_x[:, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = g_xb
+            for dst, src in zip(grads, g_t):
+                dst[j] = src
+        return g_x, grads
+
     def _forward_backward(self, X: np.ndarray, y: Optional[np.ndarray],
                           record: Optional[List[np.ndarray]] = None):
         """Scores (and with labels the loss and the gradients) of a batch of images.
@@ -282,12 +367,8 @@ class MERA2D(Estimator):
             record.append(to_numpy(x).astype(np.float64))
         log_scale = xp.zeros(X.shape[0])
         tapes, norms = [], []
-        for level, prm in enumerate(self.params_):
-            if self._names(level) == _END_PARAMS:
-                out, saved = ops.mera_end_forward(x, prm["u"], prm["top"])
-            else:
-                out, saved = ops.mera_block_forward(x, prm["u1"], prm["w"], prm["u2"],
-                                                    prm["top"])
+        for level in range(self.n_levels_):
+            out, saved = self._level_forward(level, x)
             tapes.append(saved)
             if level < self.n_levels_ - 1:
                 x, log_norm, nsaved = site_norm_forward(out)
@@ -302,9 +383,7 @@ class MERA2D(Estimator):
         g = g_scores.astype(self.dtype).reshape(out.shape)
         per_level: List[List[np.ndarray]] = [[] for _ in range(self.n_levels_)]
         for level in range(self.n_levels_ - 1, -1, -1):
-            backward = (ops.mera_end_backward if self._names(level) == _END_PARAMS
-                        else ops.mera_block_backward)
-            g_x, *per_level[level] = backward(tapes[level], g)
+            g_x, per_level[level] = self._level_backward(level, tapes[level], g)
             tapes[level] = None
             if level:
                 g = site_norm_backward(norms[level - 1], g_x)

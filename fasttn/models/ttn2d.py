@@ -33,7 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import ops
-from .._validate import check_choice, check_positive_int
+from .._validate import check_choice, check_per_level, check_positive_int
 from ..backend import array_module, to_numpy
 from ..ops.site_norm import site_norm_backward, site_norm_forward, unit_sites
 from ..train import AdamW, StepLR
@@ -114,11 +114,7 @@ class TTN2D(Estimator):
         check_choice("top", self.top, TOPS)
         check_choice("solver", self.solver, SOLVERS)
         self._check_device()
-        chis = [self.chi] if np.isscalar(self.chi) else list(self.chi)
-        if not chis:
-            raise ValueError("chi: expected a positive integer or a non-empty list of them")
-        for c in chis:
-            check_positive_int("chi", c)
+        check_per_level("chi", self.chi)
 
     def _setup(self, image_shape: Tuple[int, int]) -> None:
         h, w = image_shape
@@ -126,11 +122,8 @@ class TTN2D(Estimator):
             raise ValueError(f"X: expected square images whose side is a power of 2 (2, 4, 8, "
                              f"..., 1024), got {h}x{w}; pad or resize them")
         levels = h.bit_length() - 1
-        chis = [int(self.chi)] * (levels - 1) if np.isscalar(self.chi) else [int(c) for c in
-                                                                            self.chi]
-        if len(chis) != levels - 1:
-            raise ValueError(f"chi: expected one bond dimension per level below the top "
-                             f"({levels - 1} for {h}x{w} images), got {len(chis)}")
+        chis = check_per_level("chi", self.chi, levels - 1,
+                               f" below the top for {h}x{w} images")
         self.image_shape_ = (h, w)
         self.n_levels_ = levels
         self.n_trees_ = self.n_classes if self.top == "ovr" else 1

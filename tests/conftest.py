@@ -85,3 +85,14 @@ def gpu_skip_reason():
     except Exception as exc:  # no driver
         return f"CuPy finds no usable GPU ({exc})"
     return None
+
+
+@pytest.fixture
+def cupy_gpu():
+    """CuPy, for tests that need a GPU (skipped with the reason where there is none)."""
+    reason = gpu_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    import cupy
+
+    return cupy

@@ -307,15 +307,6 @@ def _run_cuda_script(script: str, mode: str, rng) -> None:
 
 # --- on a GPU -------------------------------------------------------------------------------
 
-@pytest.fixture
-def cupy_gpu():
-    cupy = pytest.importorskip("cupy", reason="CuPy not installed: GPU tests skipped")
-    reason = gpu_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    return cupy
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,window", SHAPES + [((4, 256, 64), 2), ((2, 64, 64, 18), 2)])
 def test_gpu_product_pool_matches_reference(cupy_gpu, rng, dtype, shape, window):

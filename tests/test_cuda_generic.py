@@ -50,16 +50,6 @@ QCNN_CASES = [(3, 8, 5, 7, 2), (2, 16, 6, 4, 4), (4, 6, 3, 5, 1), (5, 12, 7, 3, 
 
 
 
-@pytest.fixture
-def cupy_gpu():
-    reason = gpu_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    import cupy
-
-    return cupy
-
-
 # --- mera_block -----------------------------------------------------------------------------
 
 def _mera_expected(version, args, g):

@@ -399,16 +399,6 @@ def test_cli_device_flag(capsys):
 
 # -------------------------------------------------------------------------- GPU tests
 @pytest.fixture
-def cupy_gpu():
-    reason = gpu_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    import cupy
-
-    return cupy
-
-
-@pytest.fixture
 def optimizers(monkeypatch):
     """Every AdamW the models make, kept for inspection."""
     made = []

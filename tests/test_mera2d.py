@@ -36,15 +36,11 @@ def small_model(rng, side=16, **kw):
     return m
 
 
-@pytest.mark.parametrize("init,side", [("random", 16), ("identity", 16), ("random", 8),
-                                       ("random", 2)])
-def test_model_gradient_matches_finite_differences(rng, init, side):
-    # 8x8: one level of 4x4 blocks and the 2x2 end block; 2x2: the end block alone
-    m = small_model(rng, side=side, init=init)
-    assert m.has_end_ == (side != 16)
-    X = rng.random((4, side, side))
-    y = rng.integers(0, 3, 4)
-    _, _, loss, grads = m._forward_backward(X, y)
+def check_model_gradients(m, X, y, rng):
+    """Every parameter gradient of ``m`` on ``(X, y)`` against a finite difference of the
+    loss along a random direction. Richardson-extrapolated: the plain central difference's
+    O(h^2) error reached 2e-6 relative at the identity initialisation for some draws."""
+    grads = m._forward_backward(X, y)[3]
     for k, (p, g) in enumerate(zip(m._param_list(), grads)):
         d = rng.standard_normal(p.shape)
         p0 = p.copy()
@@ -53,11 +49,20 @@ def test_model_gradient_matches_finite_differences(rng, init, side):
             p[...] = v
             return m._forward_backward(X, y)[2]
 
-        # Richardson-extrapolated: the plain central difference's O(h^2) error reached
-        # 2e-6 relative at the identity initialisation for some draws
         fd = finite_difference(loss_at, p0, d, h=1e-5)
         p[...] = p0
         assert abs(fd - np.sum(g * d)) <= 1e-6 * max(1e-3, abs(fd)), f"parameter {k}"
+
+
+@pytest.mark.parametrize("init,side", [("random", 16), ("identity", 16), ("random", 8),
+                                       ("random", 2)])
+def test_model_gradient_matches_finite_differences(rng, init, side):
+    # 8x8: one level of 4x4 blocks and the 2x2 end block; 2x2: the end block alone
+    m = small_model(rng, side=side, init=init)
+    assert m.has_end_ == (side != 16)
+    X = rng.random((4, side, side))
+    y = rng.integers(0, 3, 4)
+    check_model_gradients(m, X, y, rng)
 
 
 @pytest.mark.parametrize("side", [16, 32])
@@ -216,18 +221,7 @@ def test_patch_sites_are_raw_patches_and_train(rng, patch, side, constant):
             assert x[i, r, c, 0] == 1.0
     # gradients through the patch sites, against finite differences
     y = rng.integers(0, 3, 3)
-    _, _, loss, grads = m._forward_backward(X, y)
-    for k, (p, gr) in enumerate(zip(m._param_list(), grads)):
-        d = rng.standard_normal(p.shape)
-        p0 = p.copy()
-
-        def loss_at(v, p=p):
-            p[...] = v
-            return m._forward_backward(X, y)[2]
-
-        fd = finite_difference(loss_at, p0, d, h=1e-5)
-        p[...] = p0
-        assert abs(fd - np.sum(gr * d)) <= 1e-6 * max(1e-3, abs(fd)), f"parameter {k}"
+    check_model_gradients(m, X, y, rng)
 
 
 def test_patch_learns_digits_and_checks_its_tiling(rng):
@@ -298,18 +292,7 @@ def test_unshared_gradients_and_constraints(rng):
     m = small_model(rng, side=16, chi=2, shared=False)
     X = rng.random((3, 16, 16))
     y = rng.integers(0, 3, 3)
-    _, _, loss, grads = m._forward_backward(X, y)
-    for k, (p, g) in enumerate(zip(m._param_list(), grads)):
-        d = rng.standard_normal(p.shape)
-        p0 = p.copy()
-
-        def loss_at(v, p=p):
-            p[...] = v
-            return m._forward_backward(X, y)[2]
-
-        fd = finite_difference(loss_at, p0, d, h=1e-5)
-        p[...] = p0
-        assert abs(fd - np.sum(g * d)) <= 1e-6 * max(1e-3, abs(fd)), f"parameter {k}"
+    check_model_gradients(m, X, y, rng)
     from fasttn.train.stiefel import isometry_error
 
     iso = MERA2D(n_classes=3, chi=2, shared=False, constraint="isometric", epochs=2,

@@ -15,9 +15,7 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
-import time
 
 import numpy as np
 
@@ -55,23 +53,12 @@ def figures(r: dict, sgemm: float) -> dict:
     return out
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def print_table(runs: list) -> None:
     """Best over all repeats (every time pooled; % of sgemm against the best sgemm rate),
     and in brackets the range of the per-repeat values."""
     sgemm = max(run["ceilings"]["sgemm_gflops"] for run in runs)
     sizes = list(runs[0]["sizes"])
-    print(f"\nq-CNN d={W.D} float32, {os.cpu_count()} cores ({cpu_name()}), "
+    print(f"\nq-CNN d={W.D} float32, {os.cpu_count()} cores ({ceilings.cpu_name()}), "
           f"{runs[0].get('date', datetime.date.today())}; best of {len(runs)} repeats "
           f"[range over repeats]\n")
     head = ["size", "batch", "data"] + [h for _, h in COLUMNS]

@@ -90,3 +90,17 @@ class MachineCeilings:
         return copy_gbs()
 
     track_copy_gbs.unit = "GB/s"  # type: ignore[attr-defined]
+
+
+def cpu_name() -> str:
+    """The host CPU's model name (for the headers of measured tables)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"

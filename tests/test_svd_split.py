@@ -38,7 +38,11 @@ def test_low_rank_plus_perturbation_is_exact(rng, m, n, d, warm):
     """The sweep's case: the subspace route, converged to the rounding floor."""
     a, right = low_rank(rng, m, n, d, 1e-3)
     out, info = svd_split(a, d, start=right if warm else None)
-    assert info["method"] == "subspace" and 1 <= info["iterations"] <= 6
+    # iterations over 2,400 draws of these shapes: warm 3-6, cold 4-7 (the rate is the
+    # drawn (s_d+1 / s_d)^2); the warm start never took more than the cold one
+    assert info["method"] == "subspace" and 1 <= info["iterations"] <= (7 if warm else 9)
+    if warm:
+        assert info["iterations"] <= svd_split(a, d)[1]["iterations"]
     best, tail, s = best_rank(a, d)
     assert rel(out.left @ out.right, best) < 1e-12
     assert rel(out.s, s[:d]) < 1e-13
@@ -47,6 +51,17 @@ def test_low_rank_plus_perturbation_is_exact(rng, m, n, d, warm):
     ref = svd_truncate(a, d)
     assert rel(out.left, ref.left) < 1e-11 and rel(out.right, ref.right) < 1e-11
     assert abs(out.entropy - ref.entropy) < 1e-12
+
+
+def test_warm_start_saves_iterations(rng):
+    # per matrix the warm start saved 0-2 iterations (two in three draws saved one or more):
+    # over 24 matrices it must save some
+    warm = cold = 0
+    for m, n, d in SHAPES * 4:
+        a, right = low_rank(rng, m, n, d, 1e-3)
+        warm += svd_split(a, d, start=right)[1]["iterations"]
+        cold += svd_split(a, d)[1]["iterations"]
+    assert warm < cold, (warm, cold)
 
 
 @pytest.mark.parametrize("m,n,d", SHAPES)

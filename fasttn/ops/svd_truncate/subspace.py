@@ -288,11 +288,7 @@ def _sym_eig_rows(g, w, tol):
                 sn = t * c
                 gp = g[p]
                 gq = g[q]
-                for k in range(r):
-                    x = gp[k]
-                    y = gq[k]
-                    gp[k] = c * x - sn * y
-                    gq[k] = sn * x + c * y
+                _rotate(gp, gq, c, sn)
                 gp[p] = app - t * apq
                 gq[q] = aqq + t * apq
                 gp[q] = 0.0
@@ -300,13 +296,7 @@ def _sym_eig_rows(g, w, tol):
                 for k in range(r):
                     g[k, p] = gp[k]
                     g[k, q] = gq[k]
-                vp = v[p]
-                vq = v[q]
-                for k in range(r):
-                    x = vp[k]
-                    y = vq[k]
-                    vp[k] = c * x - sn * y
-                    vq[k] = sn * x + c * y
+                _rotate(v[p], v[q], c, sn)
         if not rotated:
             break
     order = np.argsort(-np.diag(g).copy())

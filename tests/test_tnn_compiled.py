@@ -212,3 +212,31 @@ def test_data_pass_cut_into_sample_ranges(monkeypatch, case):
     layers, (X, y), kw = CASES[case]
     fast, ref = fit_both(layers, X, y, epochs=3, **kw)
     assert_same(fast, ref, F64)
+
+
+@pytest.mark.parametrize("batch_size", [None, 48])
+def test_sweeps_per_kernel_call_do_not_change_results(monkeypatch, batch_size):
+    """A fit runs all its sweeps in one kernel call, one sweep per call under a progress
+    bar, and mini-batch sweeps in chunks (``MAX_BATCH_ROWS``): the same state and history
+    either way, bit for bit, and each sweep's seconds add up to about the fit's time."""
+    from fasttn.models import tnn_compiled
+
+    X, y = SPIRAL
+    layers = paper(TNLayer(64, 6, 4, "relu", init="random"), Dense(3, activation="softmax"))
+    kw = dict(solver="sweep", random_state=0, sweep_engine="compiled", sweep_lr=0.05,
+              lr=0.01, epochs=5, batch_size=batch_size)
+    whole = fasttn.TNN(copy.deepcopy(layers), **kw).fit(X, y)
+    barred = fasttn.TNN(copy.deepcopy(layers), verbose=1, **kw).fit(X, y)
+    # two sweeps' rows per call: chunks of 2, 2 and 1 sweeps
+    monkeypatch.setattr(tnn_compiled, "MAX_BATCH_ROWS", 2 * 10 * (batch_size or 200))
+    chunked = fasttn.TNN(copy.deepcopy(layers), **kw).fit(X, y)
+    for other in (barred, chunked):
+        for a, b in zip(whole.layers_, other.layers_):
+            for pa, pb in zip(a.params(), b.params()):
+                np.testing.assert_array_equal(pa, pb)
+        assert [r["epoch"] for r in other.history_] == [1, 2, 3, 4, 5]
+        for ra, rb in zip(whole.history_, other.history_):
+            assert {k: v for k, v in ra.items() if k != "seconds"} == \
+                {k: v for k, v in rb.items() if k != "seconds"}
+    assert len({r["loss"] for r in whole.history_}) == 5  # it trains
+    assert all(r["seconds"] > 0 for r in whole.history_)

@@ -310,9 +310,14 @@ class TNN(Estimator):
         if fitted and y.ndim == 1 and y.dtype.kind in "iu" and self.classes_.dtype.kind in "iu":
             # warm start with integer labels: every label one of classes_ is all there is to
             # check (a sort of y by np.unique costs more than a sweep of a small model)
-            idx = np.minimum(np.searchsorted(self.classes_, y), len(self.classes_) - 1)
-            if np.array_equal(self.classes_[idx], y):
-                return idx.astype(np.int64)
+            c = len(self.classes_)
+            if self.classes_[0] == 0 and self.classes_[-1] == c - 1:  # classes 0..c-1
+                if y.min() >= 0 and y.max() < c:
+                    return np.ascontiguousarray(y, np.int64)
+            else:
+                idx = np.minimum(np.searchsorted(self.classes_, y), c - 1)
+                if np.array_equal(self.classes_[idx], y):
+                    return idx.astype(np.int64)
         classes, idx = np.unique(y, return_inverse=True)
         n_classes = 2 if last["units"] == 1 else last["units"]
         if len(classes) > n_classes:
@@ -590,8 +595,14 @@ class TNN(Estimator):
     def _place_state(self) -> None:
         """Every layer's parameters (frozen ones too) onto the model's device."""
         self._device_module()
+        on_cpu = self._device == "cpu"
         for layer in self.layers_:
-            layer.set_params([self._to_device(p) for p in layer.params()])
+            params = layer.params()
+            # a warm-started fit of a small model costs about one sweep: skip the
+            # set_params checks when the arrays are host arrays already
+            if on_cpu and all(type(p) is np.ndarray for p in params):
+                continue
+            layer.set_params([self._to_device(p) for p in params])
 
     def _set_state(self, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> None:
         self.task_ = meta["task"]

@@ -26,6 +26,7 @@ _NO_LABELS = np.zeros(0, np.int64)
 _NO_AHAT = np.zeros((0, 0))
 _NO_BATCHES = np.zeros(0, np.int64)
 _NO_PROFILE = np.zeros(0, np.int64)
+MAX_BATCH_ROWS = 1 << 22  # mini-batch row indices handed to one kernel call, at most
 
 
 class CompiledPlan:
@@ -141,14 +142,24 @@ class _Runner:
         self.written_base = None  # this block)
         self.flat = None      # and their values, to see edits made in place
         self.work = np.zeros(0)
-        self.step_loss = np.empty(2 * (n_sites - 1))
-        self.entropy = np.zeros(n_sites - 1)
-        self.discarded = np.zeros(n_sites - 1)
-        self.sv = np.zeros((n_sites - 1, max(cap)))
-        self.sv_count = np.zeros(n_sites - 1, np.int64)
+        self.shape_key = self.static = None  # (P, batch) and the kernel's constant tuples
+        self._out = self.outputs(1)
         self.ints = np.zeros(pc.N_INTS, np.int64)
         self.floats = np.zeros(pc.N_FLOATS)
+        self.theta = self.adam_m = self.adam_v = np.zeros(0)  # Adam's flat parameters
         self.prof = _NO_PROFILE  # set to zeros(len(PROF_PARTS), int64) to time the parts
+
+    def outputs(self, n_sweeps: int) -> tuple:
+        """The kernel's per-sweep outputs for ``n_sweeps`` sweeps (``pal_sweep``'s
+        ``step_loss .. ticks``), kept for the largest count asked for so far."""
+        have = self._out[0].shape[0] if hasattr(self, "_out") else 0
+        if have < n_sweeps:
+            b = self.n_sites - 1
+            self._out = (np.empty((n_sweeps, 2 * b)), np.zeros((n_sweeps, b)),
+                         np.zeros((n_sweeps, b)), np.zeros((n_sweeps, b, max(self.cap))),
+                         np.zeros((n_sweeps, b), np.int64), np.zeros((n_sweeps, 2), np.int64),
+                         np.zeros(n_sweeps, np.int64))
+        return tuple(a[:n_sweeps] for a in self._out)
 
     def fits(self, cores) -> bool:
         return len(cores) == self.n_sites and \
@@ -210,6 +221,28 @@ class _Runner:
         return cores
 
 
+def _records(out, n_sweeps: int, before: int, seconds: float,
+             classification: bool) -> List[Dict]:
+    """History records of the ``n_sweeps`` sweeps of one kernel call (``_Runner.outputs``);
+    each sweep's ``seconds`` is its share of the call's wall time by cycle-counter ticks."""
+    step_loss, entropy, discarded, sv, sv_count, counts, ticks = out
+    total = max(int(ticks[:n_sweeps].sum()), 1)
+    recs = []
+    for i in range(n_sweeps):
+        ent = entropy[i].tolist()
+        rec = {"epoch": before + i + 1,
+               "loss": float(np.add.reduce(step_loss[i])) / step_loss.shape[1],  # np.mean's
+               "seconds": seconds * int(ticks[i]) / total,
+               "entropy": [ent], "entropy_max": max(ent),
+               "singular_values": [[sv[i, k, :c].tolist()
+                                    for k, c in enumerate(sv_count[i].tolist())]],
+               "discarded": [discarded[i].tolist()]}
+        if classification:
+            rec["accuracy"] = int(counts[i, 0]) / max(int(counts[i, 1]), 1)
+        recs.append(rec)
+    return recs
+
+
 def _ints_layout(*values):
     """The integer parameters of ``pal_sweep`` in its ``I_*`` order."""
     assert len(values) == pc.N_INTS
@@ -257,22 +290,29 @@ def fit_sweeps_compiled(model, X: np.ndarray, y: np.ndarray, epochs: int,
     # parameters under Adam, flat: [TN bias, head weights (C, u), head bias]
     n_b = u if tn.use_bias else 0
     n_hb = C if head.use_bias else 0
-    theta = np.empty(n_b + C * u + n_hb)
+    n_theta = n_b + C * u + n_hb
+    if run.theta.shape[0] != n_theta:
+        run.theta, run.adam_m, run.adam_v = np.empty((3, n_theta))
+    theta, adam_m, adam_v = run.theta, run.adam_m, run.adam_v
     theta[:n_b] = tn.b
     theta[n_b:n_b + C * u].reshape(C, u)[...] = head.w.T
     theta[n_b + C * u:] = head.b if head.use_bias else 0.0
-    adam_m = np.zeros_like(theta)  # a fresh optimiser per fit, as the Python path's AdamW
-    adam_v = np.zeros_like(theta)
+    adam_m.fill(0.0)  # a fresh optimiser per fit, as the Python path's AdamW
+    adam_v.fill(0.0)
     ints = run.ints
     ints[:] = _ints_layout(tn.bond_dim, pc.LOSS_CODES[plan.loss],
                            model.sweep_step == "scaled", run.dtype == np.float32, 0,
                            run.u_in, 0, n_b, n_b + C * u, theta.size, plan.fold)
     floats = run.floats
     floats[:] = (model.lr, model.sweep_lr, 0.9, 0.999, 1e-8, model.cutoff)
-    kp, kc, kv, ka = pc.compile_time_args(f1.shape[1], C, plan.act, plan.wide)
-    need = pc.work_size(u, C, len(kp), min(batch, n), plan.wide)
-    if run.work.shape[0] < need:
-        run.work = np.zeros(need)
+    shape_key = (f1.shape[1], min(batch, n))
+    if run.shape_key != shape_key:
+        run.shape_key = shape_key
+        run.static = pc.compile_time_args(f1.shape[1], C, plan.act, plan.wide)
+        need = pc.work_size(u, C, len(run.static[0]), min(batch, n), plan.wide)
+        if run.work.shape[0] < need:
+            run.work = np.zeros(need)
+    kp, kc, kv, ka = run.static
     n_sites = run.n_sites
     n_steps = 2 * (n_sites - 1)
     if batch < n:  # the Python path's batches: one per bond step from a running permutation
@@ -294,52 +334,50 @@ def fit_sweeps_compiled(model, X: np.ndarray, y: np.ndarray, epochs: int,
         from tqdm.auto import tqdm
 
         bar = tqdm(total=epochs, desc="sweeps", file=sys.stderr, unit="sweep")
-    for sweep in range(epochs):
-        t0 = time.perf_counter()
+    # sweeps per kernel call: all of them (no Python between sweeps), one at a time under a
+    # progress bar, and with mini-batches few enough that their rows stay under
+    # MAX_BATCH_ROWS indices
+    per_call = 1 if bar is not None else \
+        epochs if batch >= n else max(1, min(epochs, MAX_BATCH_ROWS // (n_steps * batch)))
+    done = 0
+    while done < epochs:
+        s_n = min(per_call, epochs - done)
+        out = run.outputs(s_n)
         if batch < n:
             parts = []
-            for _ in range(n_steps):
+            for _ in range(s_n * n_steps):
                 if pos >= n:
                     order, pos = rng.permutation(n), 0
                 parts.append(order[pos:pos + batch])
                 pos += batch
-            batch_ptr = np.zeros(n_steps + 1, np.int64)
+            batch_ptr = np.zeros(s_n * n_steps + 1, np.int64)
             np.cumsum([len(p) for p in parts], out=batch_ptr[1:])
             batch_idx = np.concatenate(parts).astype(np.int64)
         else:
             batch_idx = batch_ptr = _NO_BATCHES
+        t0 = time.perf_counter()
         with kernel_threads():  # BLAS under the kernel on one thread
-            status, done, correct, seen, bad = pc.pal_sweep(
+            status, s_done, bad = pc.pal_sweep(
                 kp, kc, kv, ka, f1, f1t, yi, yf, batch_idx, batch_ptr, run.ahat, run.cores,
                 run.bonds, run.ins, run.outs, run.pre, run.suf, run.al, theta, adam_m, adam_v,
-                floats, ints, run.work, run.step_loss, run.entropy, run.discarded, run.sv,
-                run.sv_count, run.prof, num_threads(), pc.MIN_PART)
-        if status != pc.OK:
-            write_back()  # as the Python path leaves it: every update before the failing one
+                floats, ints, run.work, *out, run.prof, num_threads(), pc.MIN_PART)
+        seconds = time.perf_counter() - t0
+        if status == pc.OK:
+            hist.extend(_records(out, s_done, done, seconds, model.task_ == "classification"))
+            done += s_done
             if bar is not None:
-                bar.close()
-            if status == pc.BAD_LOSS:
-                raise FloatingPointError(f"loss became {bad} during sweep {len(hist) + 1}; "
-                                         "lower sweep_lr or lr")
-            raise FloatingPointError(f"the weights became non-finite during sweep "
-                                     f"{len(hist) + 1}; lower sweep_lr or lr")
-        loss = float(np.add.reduce(run.step_loss) / n_steps)  # np.mean's summation
-        if not np.isfinite(loss):
-            write_back()
-            raise FloatingPointError(f"loss became {loss} in sweep {sweep + 1}; lower "
-                                     "sweep_lr or lr")
-        ent = run.entropy.tolist()
-        rec = {"epoch": sweep + 1, "loss": loss, "seconds": time.perf_counter() - t0,
-               "entropy": [ent], "entropy_max": max(ent),
-               "singular_values": [[run.sv[k, :c].tolist()
-                                    for k, c in enumerate(run.sv_count.tolist())]],
-               "discarded": [run.discarded.tolist()]}
-        if model.task_ == "classification":
-            rec["accuracy"] = correct / max(seen, 1)
-        hist.append(rec)
+                bar.update(s_done)
+                bar.set_postfix(loss=f"{hist[-1]['loss']:.4f}")
+            continue
+        write_back()  # as the Python path leaves it: every update before the failing one
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
+            bar.close()
+        sweep = done + s_done + 1
+        if status == pc.BAD_LOSS:
+            raise FloatingPointError(f"loss became {bad} during sweep {sweep}; "
+                                     "lower sweep_lr or lr")
+        raise FloatingPointError(f"the weights became non-finite during sweep {sweep}; "
+                                 "lower sweep_lr or lr")
     if bar is not None:
         bar.close()
     write_back()

@@ -857,8 +857,8 @@ def _adam(theta, g, m, v, lr, b1, b2, eps, t, f32):
 @njit
 def pal_sweep(kp, kc, kv, ka, f1, f1t, yi, yf, batch_idx, batch_ptr, ahat, cores, bonds,
               ins, outs, pre, suf, al, theta, adam_m, adam_v, floats, ints, work, step_loss,
-              entropy, discarded, sv, sv_count, prof, threads, min_part):
-    """One PaL sweep (right, then back) over the MPO held in ``cores``, in place.
+              entropy, discarded, sv, sv_count, counts, ticks, prof, threads, min_part):
+    """``S`` PaL sweeps (each right, then back) over the MPO held in ``cores``, in place.
 
     Parameters
     ----------
@@ -870,8 +870,9 @@ def pal_sweep(kp, kc, kv, ka, f1, f1t, yi, yf, batch_idx, batch_ptr, ahat, cores
     yi : (n,) int64 class indices; yf : (n, C) float64 regression targets (either may be
         empty)
     batch_idx, batch_ptr : int64
-        Rows of step ``t`` are ``batch_idx[batch_ptr[t]:batch_ptr[t + 1]]``; ``batch_ptr``
-        empty: every step uses all rows.
+        Rows of step ``t`` (counted over all sweeps) are
+        ``batch_idx[batch_ptr[t]:batch_ptr[t + 1]]``; ``batch_ptr`` empty: every step uses
+        all rows.
     ahat : (P, u_in) ``[[A], [a]]`` of the folded frozen linear layer, or empty
     cores : (N, cap) the cores, core ``k`` flat in the first ``bonds[k] ins[k] outs[k]
         bonds[k+1]`` entries; bonds (N + 1,), ins, outs (N,) int64
@@ -885,8 +886,13 @@ def pal_sweep(kp, kc, kv, ka, f1, f1t, yi, yf, batch_idx, batch_ptr, ahat, cores
     work : float64, :func:`work_size` entries
         The data pass's large work arrays, kept by the caller between sweeps (fresh ones
         cost page faults on every call).
-    step_loss : (n_steps,) out; entropy, discarded (N - 1,) out; sv (N - 1, cap) and
-        sv_count out: the kept values of each bond at its last update
+    step_loss : (S, n_steps) out; its first axis sets the number of sweeps ``S``
+    entropy, discarded : (S, N - 1) out; sv (S, N - 1, cap) and sv_count (S, N - 1) out:
+        the kept values of each bond at its last update in each sweep
+    counts : (S, 2) int64 out
+        Correct predictions and samples seen in each sweep's data passes.
+    ticks : (S,) int64 out
+        Cycle-counter ticks of each sweep (their shares of the call's wall time).
     prof : (len(PROF_PARTS),) int64, or empty
         When given, cycle-counter ticks spent in each part are added to it.
     threads, min_part : int
@@ -895,7 +901,9 @@ def pal_sweep(kp, kc, kv, ka, f1, f1t, yi, yf, batch_idx, batch_ptr, ahat, cores
 
     Returns
     -------
-    status, steps_done, correct, seen, bad_loss
+    status, sweeps_done, bad_loss
+        ``sweeps_done`` sweeps completed; on a failure the sweep after them stopped at the
+        failing update, every update before it kept.
     """
     n_sites = ins.shape[0]
     C = len(kc)
@@ -920,6 +928,7 @@ def pal_sweep(kp, kc, kv, ka, f1, f1t, yi, yf, batch_idx, batch_ptr, ahat, cores
     g_hc = gtheta[hboff:n_theta]
 
     full = batch_ptr.shape[0] == 0
+    n_sweeps = step_loss.shape[0]
     nb_max = f1.shape[0]
     if not full:
         nb_max = 0
@@ -957,82 +966,94 @@ def pal_sweep(kp, kc, kv, ka, f1, f1t, yi, yf, batch_idx, batch_ptr, ahat, cores
     yfb_buf = np.empty(0 if full else nb_max * yf.shape[1])
 
     n_steps = 2 * (n_sites - 1)
-    correct = 0
-    seen = 0
     timed = prof.shape[0] > 0
-    for t in range(n_steps):
-        tic = timestamp() if timed else 0
-        right = t < n_sites - 1
-        k = t if right else 2 * (n_sites - 1) - 1 - t
-        bond, alp, finite = _bond_weights(k, cores, bonds, ins, outs, pre, suf, al, P, hb, w,
-                                          w1)
-        if not finite:
-            return BAD_WEIGHTS, t, correct, seen, math.nan
-        if full:
-            f1b, f1bt, yib, yfb = f1, f1t, yi, yf
-        else:
-            lo = batch_ptr[t]
-            nb = batch_ptr[t + 1] - lo
-            f1b = f1b_buf[:nb * P].reshape((nb, P))
-            f1bt = f1bt_buf[:nb * P].reshape((P, nb))
-            yib = yib_buf[:nb if yi.shape[0] > 0 else 0]
-            yfb = yfb_buf[:nb * yf.shape[1]].reshape((nb, yf.shape[1]))
-            _gather(batch_idx[lo:lo + nb], f1, yi, yf, f1b, f1bt, yib, yfb)
-            n_parts = max(1, min(max_parts, nb // min_part))
-            part_bounds(nb, n_parts, offs)
-            to_parts(f1bt, offs[:n_parts + 1], f1tp)
-        nb = f1b.shape[0]
-        if timed:
-            toc = timestamp()
-            prof[0] += toc - tic
-            tic = toc
-        ranges = offs[:n_parts + 1]
-        _data_pass_parts(kv, kp, kc, f1b, f1tp[:nb * P], yib, yfb, w1, vt, hc,
-                         st_buf[:C * nb], gs_buf[:C * nb], accp[:n_parts], at_buf[:u * nb],
-                         gt_buf[:gt_rows * nb], gt_rows, ework[:C * nb], bits[:C * nb],
-                         tot[:nb], ka, loss_kind, ranges, res[:n_parts])
-        loss = 0.0
-        corr = 0
-        ok = True
-        for r in range(n_parts):
-            loss += res[r, 0]
-            corr += int(res[r, 1])
-            ok = ok and res[r, 2] > 0.0
-        ok = ok and abs(loss) < math.inf
-        acc[:, :] = accp[0]
-        for r in range(1, n_parts):
-            acc += accp[r]
-        step_loss[t] = loss
-        if not ok:
-            return BAD_LOSS, t, correct, seen, loss
-        correct += corr
-        seen += nb
-        # gradients of the head weights and bias and of the TN bias
-        g_vt[:, :] = acc[:C]
-        for c in range(g_hc.shape[0]):
-            tot_c = 0.0
+    for sw in range(n_sweeps):
+        tick0 = timestamp()
+        correct = 0
+        seen = 0
+        for t in range(n_steps):
+            tic = timestamp() if timed else 0
+            right = t < n_sites - 1
+            k = t if right else 2 * (n_sites - 1) - 1 - t
+            bond, alp, finite = _bond_weights(k, cores, bonds, ins, outs, pre, suf, al, P, hb,
+                                              w, w1)
+            if not finite:
+                return BAD_WEIGHTS, sw, math.nan
+            if full:
+                f1b, f1bt, yib, yfb = f1, f1t, yi, yf
+            else:
+                lo = batch_ptr[sw * n_steps + t]
+                nb = batch_ptr[sw * n_steps + t + 1] - lo
+                f1b = f1b_buf[:nb * P].reshape((nb, P))
+                f1bt = f1bt_buf[:nb * P].reshape((P, nb))
+                yib = yib_buf[:nb if yi.shape[0] > 0 else 0]
+                yfb = yfb_buf[:nb * yf.shape[1]].reshape((nb, yf.shape[1]))
+                _gather(batch_idx[lo:lo + nb], f1, yi, yf, f1b, f1bt, yib, yfb)
+                n_parts = max(1, min(max_parts, nb // min_part))
+                part_bounds(nb, n_parts, offs)
+                to_parts(f1bt, offs[:n_parts + 1], f1tp)
+            nb = f1b.shape[0]
+            if timed:
+                toc = timestamp()
+                prof[0] += toc - tic
+                tic = toc
+            ranges = offs[:n_parts + 1]
+            _data_pass_parts(kv, kp, kc, f1b, f1tp[:nb * P], yib, yfb, w1, vt, hc,
+                             st_buf[:C * nb], gs_buf[:C * nb], accp[:n_parts],
+                             at_buf[:u * nb], gt_buf[:gt_rows * nb], gt_rows, ework[:C * nb],
+                             bits[:C * nb], tot[:nb], ka, loss_kind, ranges, res[:n_parts])
+            loss = 0.0
+            corr = 0
+            ok = True
             for r in range(n_parts):
-                lo_r = ranges[r]
-                n_r = ranges[r + 1] - lo_r
-                tot_c += _row_sum(gs_buf[C * lo_r + c * n_r:C * lo_r + (c + 1) * n_r])
-            g_hc[c] = tot_c
-        for j in range(g_hb.shape[0]):
-            g_hb[j] = acc[C + P - 1, j]
-        if timed:
-            toc = timestamp()
-            prof[1] += toc - tic
-            tic = toc
-        if not _bond_update(k, right, bond, alp, acc[C:], cores, bonds, ins, outs, pre, suf,
-                            al, g_w, ints[I_MAX_BOND], floats[F_CUTOFF], floats[F_SWEEP_LR],
-                            scaled, f32, entropy, discarded, sv, sv_count):
-            return BAD_WEIGHTS, t, correct, seen, math.nan
-        if timed:
-            toc = timestamp()
-            prof[2] += toc - tic
-            tic = toc
-        ints[I_ADAM_T] += 1
-        _adam(theta, gtheta, adam_m, adam_v, floats[F_LR], floats[F_B1], floats[F_B2],
-              floats[F_EPS], ints[I_ADAM_T], f32)
-        if timed:
-            prof[3] += timestamp() - tic
-    return OK, n_steps, correct, seen, 0.0
+                loss += res[r, 0]
+                corr += int(res[r, 1])
+                ok = ok and res[r, 2] > 0.0
+            ok = ok and abs(loss) < math.inf
+            acc[:, :] = accp[0]
+            for r in range(1, n_parts):
+                acc += accp[r]
+            step_loss[sw, t] = loss
+            if not ok:
+                return BAD_LOSS, sw, loss
+            correct += corr
+            seen += nb
+            # gradients of the head weights and bias and of the TN bias
+            g_vt[:, :] = acc[:C]
+            for c in range(g_hc.shape[0]):
+                tot_c = 0.0
+                for r in range(n_parts):
+                    lo_r = ranges[r]
+                    n_r = ranges[r + 1] - lo_r
+                    tot_c += _row_sum(gs_buf[C * lo_r + c * n_r:C * lo_r + (c + 1) * n_r])
+                g_hc[c] = tot_c
+            for j in range(g_hb.shape[0]):
+                g_hb[j] = acc[C + P - 1, j]
+            if timed:
+                toc = timestamp()
+                prof[1] += toc - tic
+                tic = toc
+            if not _bond_update(k, right, bond, alp, acc[C:], cores, bonds, ins, outs, pre,
+                                suf, al, g_w, ints[I_MAX_BOND], floats[F_CUTOFF],
+                                floats[F_SWEEP_LR], scaled, f32, entropy[sw], discarded[sw],
+                                sv[sw], sv_count[sw]):
+                return BAD_WEIGHTS, sw, math.nan
+            if timed:
+                toc = timestamp()
+                prof[2] += toc - tic
+                tic = toc
+            ints[I_ADAM_T] += 1
+            _adam(theta, gtheta, adam_m, adam_v, floats[F_LR], floats[F_B1], floats[F_B2],
+                  floats[F_EPS], ints[I_ADAM_T], f32)
+            if timed:
+                prof[3] += timestamp() - tic
+        counts[sw, 0] = correct
+        counts[sw, 1] = seen
+        ticks[sw] = timestamp() - tick0
+        mean = 0.0
+        for t in range(n_steps):
+            mean += step_loss[sw, t]
+        mean /= n_steps
+        if not abs(mean) < math.inf:  # finite terms whose sum is not
+            return BAD_LOSS, sw, mean
+    return OK, n_sweeps, 0.0

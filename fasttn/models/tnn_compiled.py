@@ -143,7 +143,7 @@ class _Runner:
         self.flat = None      # and their values, to see edits made in place
         self.work = np.zeros(0)
         self.shape_key = self.static = None  # (P, batch) and the kernel's constant tuples
-        self._out = self.outputs(1)
+        self._out: tuple = ()  # the kernel's per-sweep outputs (outputs())
         self.ints = np.zeros(pc.N_INTS, np.int64)
         self.floats = np.zeros(pc.N_FLOATS)
         self.theta = self.adam_m = self.adam_v = np.zeros(0)  # Adam's flat parameters
@@ -152,7 +152,7 @@ class _Runner:
     def outputs(self, n_sweeps: int) -> tuple:
         """The kernel's per-sweep outputs for ``n_sweeps`` sweeps (``pal_sweep``'s
         ``step_loss .. ticks``), kept for the largest count asked for so far."""
-        have = self._out[0].shape[0] if hasattr(self, "_out") else 0
+        have = self._out[0].shape[0] if self._out else 0
         if have < n_sweeps:
             b = self.n_sites - 1
             self._out = (np.empty((n_sweeps, 2 * b)), np.zeros((n_sweeps, b)),

@@ -153,6 +153,18 @@ def _hestenes(w, vw, r):
 
 
 @njit
+def _project_out(q, j):
+    """Row ``j`` of ``q`` less its components along rows ``0..j-1`` (orthonormal):
+    Gram-Schmidt twice, so that what rounding leaves after the first pass is removed."""
+    p = q.shape[1]
+    for _ in range(2):
+        for l in range(j):
+            d = _dot(q[l], q[j])
+            for t in range(p):
+                q[j, t] -= d * q[l, t]
+
+
+@njit
 def _complete(q, j):
     """Row ``j`` of ``q`` made a unit vector orthogonal to rows ``0..j-1`` (Gram-Schmidt of
     the first unit vector far enough from their span, orthogonalised twice)."""
@@ -160,11 +172,7 @@ def _complete(q, j):
     for e in range(p):
         q[j, :] = 0.0
         q[j, e] = 1.0
-        for _ in range(2):
-            for l in range(j):
-                d = _dot(q[l], q[j])
-                for t in range(p):
-                    q[j, t] -= d * q[l, t]
+        _project_out(q, j)
         nrm = math.sqrt(_dot(q[j], q[j]))
         if nrm > 0.5:
             for t in range(p):
@@ -179,11 +187,7 @@ def _orth_rows(q, r):
     p = q.shape[1]
     for j in range(r):
         before = math.sqrt(_dot(q[j], q[j]))
-        for _ in range(2):
-            for l in range(j):
-                d = _dot(q[l], q[j])
-                for t in range(p):
-                    q[j, t] -= d * q[l, t]
+        _project_out(q, j)
         nrm = math.sqrt(_dot(q[j], q[j]))
         if nrm > 1e-8 * before and nrm > _ZERO_ROW:
             for t in range(p):

@@ -107,7 +107,8 @@ def _hestenes(w, vw, r):
     A pair is rotated unless already orthogonal to ``tol = p * eps`` relative to its norms
     (``p = w.shape[1]``); squared norms are recomputed each sweep and updated through each
     rotation (``|x'|^2 = |x|^2 - tan * gamma``). Rotation angle as in ``cpu._jacobi_sweeps``.
-    Each sweep starts from the Gram matrix of the rows (one BLAS product): a pair of rows
+    Each sweep starts from the Gram matrix of the rows (one BLAS product, whose diagonal
+    gives the squared norms): a pair of rows
     that no rotation of this sweep has touched yet keeps its entry, so a pair orthogonal
     there (with a margin of 4 for the product's rounding) is skipped without its dot
     product; the last sweeps of a converging iteration then cost little more than that
@@ -122,7 +123,7 @@ def _hestenes(w, vw, r):
     for sweep in range(_MAX_SWEEPS):
         np.dot(rows, rows.T, gram)
         for i in range(r):
-            nrm[i] = _dot(w[i], w[i])
+            nrm[i] = gram[i, i]
             touched[i] = False
         rotated = False
         for i in range(r - 1):

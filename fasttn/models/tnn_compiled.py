@@ -226,19 +226,27 @@ def _records(out, n_sweeps: int, before: int, seconds: float,
     """History records of the ``n_sweeps`` sweeps of one kernel call (``_Runner.outputs``);
     each sweep's ``seconds`` is its share of the call's wall time by cycle-counter ticks."""
     step_loss, entropy, discarded, sv, sv_count, counts, ticks = out
-    total = max(int(ticks[:n_sweeps].sum()), 1)
+    tick = ticks[:n_sweeps].tolist()
+    unit = seconds / max(sum(tick), 1)
+    # whole arrays to lists once (a tolist per bond and sweep costs more than the sweep)
+    losses = np.add.reduce(step_loss[:n_sweeps], axis=1).tolist()
+    ents = entropy[:n_sweeps].tolist()
+    discs = discarded[:n_sweeps].tolist()
+    svs = sv[:n_sweeps].tolist()
+    kept = sv_count[:n_sweeps].tolist()
+    hits = counts[:n_sweeps].tolist()
+    n_steps = step_loss.shape[1]
     recs = []
     for i in range(n_sweeps):
-        ent = entropy[i].tolist()
+        ent = ents[i]
         rec = {"epoch": before + i + 1,
-               "loss": float(np.add.reduce(step_loss[i])) / step_loss.shape[1],  # np.mean's
-               "seconds": seconds * int(ticks[i]) / total,
+               "loss": losses[i] / n_steps,  # np.mean's
+               "seconds": tick[i] * unit,
                "entropy": [ent], "entropy_max": max(ent),
-               "singular_values": [[sv[i, k, :c].tolist()
-                                    for k, c in enumerate(sv_count[i].tolist())]],
-               "discarded": [discarded[i].tolist()]}
+               "singular_values": [[row[:c] for row, c in zip(svs[i], kept[i])]],
+               "discarded": [discs[i]]}
         if classification:
-            rec["accuracy"] = int(counts[i, 0]) / max(int(counts[i, 1]), 1)
+            rec["accuracy"] = hits[i][0] / max(hits[i][1], 1)
         recs.append(rec)
     return recs
 

@@ -27,8 +27,8 @@ import numpy as np
 from ..._numba import njit
 
 __all__ = ["prefix_step", "suffix_step", "bond_matrix", "dense_from_bond", "bond_grad",
-           "env_norm_sq", "mm", "mm_tn", "swap_axes", "ahat_left_step", "ahat_bond_operand",
-           "ahat_dense_from_bond", "ahat_bond_grad"]
+           "env_norm_sq", "mm", "mm_tn", "swap_axes", "reverse_axes3", "ahat_left_step",
+           "ahat_bond_operand", "ahat_dense_from_bond", "ahat_bond_grad"]
 
 _EPS = float(np.finfo(np.float64).eps)
 
@@ -221,6 +221,10 @@ def env_norm_sq(env, side):
 def swap_axes(x, d0, d1, d2, d3, out):
     """``out (d0, d2, d1, d3) = x (d0, d1, d2, d3)`` with axes 1 and 2 swapped (flat, C-order):
     the one permutation the contractions below need, a copy along runs of ``d3``."""
+    if d1 == 1 or d2 == 1:  # nothing moves (the edge bonds' environments)
+        n = d0 * d1 * d2 * d3
+        out[:n] = x[:n]
+        return
     for a in range(d0):
         base = a * d1 * d2 * d3
         for i in range(d1):
@@ -229,6 +233,17 @@ def swap_axes(x, d0, d1, d2, d3, out):
                 dst = base + (j * d1 + i) * d3
                 for t in range(d3):
                     out[dst + t] = x[src + t]
+
+
+@njit
+def reverse_axes3(x, out):
+    """``out (d2, d1, d0) = x (d0, d1, d2)`` transposed (one pass: two axis swaps, one of them
+    with unit-length runs, cost three times as much on the environments of a sweep)."""
+    d0, d1, d2 = x.shape
+    for a in range(d0):
+        for i in range(d1):
+            for t in range(d2):
+                out[t, i, a] = x[a, i, t]
 
 
 @njit
@@ -297,11 +312,8 @@ def ahat_bond_grad(alp, ol, mhat, right, i1, o1, i2, o2, out):
     db, ir, orr = right.shape
     rows = alp.shape[0] // ir       # P O<
     q12 = o1 * o2
-    # R (Db, I> O>) -> (O>, I> Db)
-    rt = np.empty(right.size)
-    swap_axes(right.reshape(-1), 1, db, ir * orr, 1, rt)      # (I> O>, Db)
     rq = np.empty(right.size)
-    swap_axes(rt, 1, ir, orr, db, rq)                          # (O>, I>, Db)
+    reverse_axes3(right, rq.reshape((orr, ir, db)))            # (O>, I>, Db)
     pm = np.empty((rows * q12, ir * db))
     mm(mhat.reshape(rows * q12, orr), rq.reshape(orr, ir * db), pm)
     # pm (P O<, o1 o2, I>, Db) -> (P O<, I>, o1 o2, Db)

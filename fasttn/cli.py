@@ -403,7 +403,13 @@ def _add_train_mera(models: argparse._SubParsersAction) -> None:
                         "a site, embedded by --feature-map)")
     q.add_argument("--feature-map", default="cos_sin", choices=["fourier", "legendre", "cos_sin"])
     q.add_argument("--no-constant", action="store_true", help="no constant feature channel")
+    q.add_argument("--level-map", default="none", choices=["none", "relu"],
+                   help="relu: each normalised site y enters the next level as [1, relu(y)] "
+                        "(a non-linear hierarchy; what cluttered needle images need)")
     q.add_argument("--init", default="random", choices=["random", "identity"])
+    q.add_argument("--init-scale", type=float, default=1.0,
+                   help="standard deviation of the initial noise relative to 1/sqrt(fan-in)")
+    q.add_argument("--weight-decay", type=float, default=0.0)
     q.add_argument("--constraint", default="none", choices=["none", "isometric", "norm"],
                    help="isometric: keep every tensor but the class map an isometry (polar "
                         "retraction); norm: keep the norm of every tensor below the last level "
@@ -434,9 +440,11 @@ def _train_mera(args: argparse.Namespace) -> int:
     n_classes = int(max(y_tr.max(), y_te.max())) + 1
     model = fasttn.MERA2D(n_classes=max(n_classes, 2), chi=_int_or_list(args.chi),
                           bond=None if args.bond is None else _int_or_list(args.bond),
-                          shared=not args.unshared, patch=args.patch, feature_map=args.feature_map, constant=not args.no_constant,
-                          init=args.init, constraint=args.constraint, lr=args.lr,
-                          lr_step=args.lr_step,
+                          shared=not args.unshared, patch=args.patch,
+                          feature_map=args.feature_map, constant=not args.no_constant,
+                          level_map=args.level_map, init=args.init,
+                          init_scale=args.init_scale, constraint=args.constraint, lr=args.lr,
+                          weight_decay=args.weight_decay, lr_step=args.lr_step,
                           batch_size=args.batch_size, epochs=args.epochs, dtype=args.dtype,
                           device=args.device, random_state=args.seed,
                           verbose=0 if args.quiet else 1)

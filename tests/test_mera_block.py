@@ -8,6 +8,8 @@ from fasttn.ops.mera_block import reference as ref
 
 # (batch, H, W, p, b, chi, d_out)
 CASES = [(2, 8, 4, 2, 3, 2, 3), (1, 4, 8, 3, 2, 3, 2), (3, 8, 8, 2, 4, 4, 4), (2, 4, 4, 1, 2, 2, 5)]
+# wide sites (raw patches, p >= WIDE_SITES): the route that contracts the centre sites one by one
+WIDE_CASES = [(2, 8, 4, 9, 2, 3, 3), (1, 4, 8, 10, 3, 2, 2)]
 
 
 
@@ -23,6 +25,17 @@ def brute_force_block(sites, u1, iso, u2, top):
     return np.einsum("ABCD,ABCDEFGH,EFGHZ->Z", t2, u2, top)
 
 
+def test_wide_sites_take_their_own_route():
+    import importlib
+
+    pkg = importlib.import_module("fasttn.ops.mera_block")  # the package, not its function
+
+    assert all(case[3] >= pkg.wide.WIDE_SITES for case in WIDE_CASES)
+    assert all(case[3] < pkg.wide.WIDE_SITES for case in CASES)
+    assert pkg._impl(np.zeros((1, 4, 4, pkg.wide.WIDE_SITES))) is pkg.wide
+    assert pkg._impl(np.zeros((1, 4, 4, pkg.wide.WIDE_SITES - 1))) is pkg.cpu
+
+
 def test_reference_is_the_network_block_by_block(rng):
     x, u1, iso, u2, top = make(rng, 2, 8, 4, 2, 3, 2, 3, np.float64)
     out, _ = ref.mera_block_forward(x, u1, iso, u2, top)
@@ -35,7 +48,7 @@ def test_reference_is_the_network_block_by_block(rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", CASES + WIDE_CASES)
 def test_kernel_matches_reference(rng, dtype, case):
     args = make(rng, *case, dtype)
     out, saved = mera_block_forward(*args)
@@ -58,7 +71,7 @@ def test_kernel_matches_reference(rng, dtype, case):
         assert err <= RTOL[dtype], f"{name}: error {err:.3e} relative to the sum of |terms|"
 
 
-@pytest.mark.parametrize("case", CASES[:2])
+@pytest.mark.parametrize("case", CASES[:2] + WIDE_CASES[:1])
 def test_backward_finite_differences(rng, case):
     args = make(rng, *case, np.float64)
     out, saved = mera_block_forward(*args)

@@ -60,3 +60,19 @@ def unit_sites_log(logabs: Any, sign: Any) -> Any:
     shift = xp.max(logabs, axis=-1, keepdims=True)
     shift = xp.where(xp.isfinite(shift), shift, 0.0)  # an all-zero site (log 0 = -inf)
     return unit_sites(sign * xp.exp(logabs - shift))
+
+
+def relu_sites_forward(y: Any) -> Any:
+    """``[1, relu(y)]`` along the last axis (one more entry): a site map between the levels
+    of a non-linear hierarchy, the constant keeping each block affine in its sites' parts."""
+    xp = array_module(y)
+    out = xp.empty(y.shape[:-1] + (y.shape[-1] + 1,), y.dtype)
+    out[..., 0] = 1
+    out[..., 1:] = xp.maximum(y, 0)
+    return out
+
+
+def relu_sites_backward(y: Any, g_out: Any) -> Any:
+    """``dL/dy`` from ``dL/d[1, relu(y)]``: the constant's entry dropped, the rest passed
+    where ``y > 0`` (the subgradient 0 at 0)."""
+    return (g_out[..., 1:] * (y > 0)).astype(y.dtype)

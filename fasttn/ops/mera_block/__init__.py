@@ -13,7 +13,7 @@ import numpy as np
 
 from ..._validate import check_float_array
 from ...backend import array_module
-from . import cpu, reference
+from . import cpu, reference, wide
 from .end import mera_end_backward, mera_end_forward
 
 __all__ = ["mera_block", "mera_block_forward", "mera_block_backward", "mera_end_forward",
@@ -22,7 +22,8 @@ __all__ = ["mera_block", "mera_block_forward", "mera_block_backward", "mera_end_
 
 def _impl(x: Any):
     if array_module(x) is np:
-        return cpu
+        # wide sites (raw patches): the centre sites one at a time instead of their product
+        return wide if x.shape[-1] >= wide.WIDE_SITES else cpu
     from . import cuda  # pragma: no cover - needs a GPU
 
     return cuda

@@ -77,6 +77,12 @@ def test_mera_workloads_run():
         assert np.isfinite(t2.last_loss)
     ns = W.mera2d_step_ns_per_pixel(sizes=(16, 64), batch_pixels=4096)
     assert set(ns) == {16, 64} and all(v > 0 for v in ns.values())
+    # the wide-site workload: both routes compute the same level
+    wide, chunked = W.WideMeraLevel("wide", batch=2), W.WideMeraLevel("chunked", batch=2)
+    assert wide.x.shape == (2, 16, 16, 17) and wide.n_blocks == 32
+    a = wide.impl.mera_block_forward(wide.x, *wide.weights)[0]
+    b = chunked.impl.mera_block_forward(chunked.x, *chunked.weights)[0]
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
 
 
 def test_tnn_sweep_workload_and_numpy_baseline_agree():

@@ -35,6 +35,29 @@ class MeraBlockLevel:
     track_speedup_over_torch.unit = "x"
 
 
+class WideSiteLevel:
+    """One level of blocks on raw 4x4-patch sites (p = 17): the wide-site route against the
+    chunked kernel's centre outer product and against PyTorch's batched einsum."""
+    params = ["wide", "chunked"]
+    param_names = ["route"]
+    timeout = 600
+
+    def setup(self, route):
+        self.f = W.WideMeraLevel(route)
+        self.f.step()
+
+    def time_level_forward_backward(self, route):
+        self.f.step()
+
+    def track_speedup_over_torch(self, route):
+        try:
+            t = W.TorchMeraLevel(self.f)
+        except ImportError:
+            raise NotImplementedError("PyTorch is not installed")
+        return W.best_time(t.step) / W.best_time(self.f.step)
+    track_speedup_over_torch.unit = "x"
+
+
 class Mera2DScaling:
     timeout = 900
 

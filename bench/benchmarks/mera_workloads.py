@@ -50,6 +50,49 @@ class MeraLevel:
         ops.mera_block_backward(saved, self.g)
 
 
+class WideMeraLevel:
+    """One level of blocks on raw 4x4-patch sites (p = 17 with the constant, b = 2, chi = 4,
+    the configuration that learns cluttered NeedleMNIST-64) over ``batch`` 64^2 images:
+    ``route`` ``"wide"`` (centre and quadrant sites contracted one at a time,
+    ``ops/mera_block/wide.py``) or ``"chunked"`` (``cpu.py``, which forms the centre's
+    ``p^4``-entry outer product per block)."""
+
+    def __init__(self, route: str = "wide", batch: int = 32, size: int = 64):
+        from fasttn.ops.mera_block import cpu, wide
+
+        self.impl = wide if route == "wide" else cpu
+        X, _ = fasttn.data.needle_mnist(size=size, count=batch, split="train", seed=0).arrays(batch)
+        k, p, b, chi = 4, 17, 2, 4
+        n = X.shape[0]
+        patches = X.reshape(n, size // k, k, size // k, k).transpose(0, 1, 3, 2, 4)
+        self.x = np.concatenate([np.ones((n, size // k, size // k, 1), np.float32),
+                                 patches.reshape(n, size // k, size // k, k * k)], axis=-1)
+        rng = np.random.default_rng(0)
+        shapes = [(p,) * 4 + (b,) * 4, (4, p, p, p, b, chi), (chi,) * 8, (chi,) * 4 + (chi,)]
+        self.weights = [(rng.standard_normal(s) / np.sqrt(np.prod(s[:-1]))).astype(np.float32)
+                        for s in shapes]
+        self.n_blocks = n * (size // 16) ** 2
+        out, _ = self.impl.mera_block_forward(self.x, *self.weights)
+        self.g = np.ones_like(out)
+
+    def step(self) -> None:
+        out, saved = self.impl.mera_block_forward(self.x, *self.weights)
+        self.impl.mera_block_backward(saved, self.g)
+
+
+def wide_table(with_torch: bool = True) -> Dict:
+    """Seconds per forward + backward of a wide-site level: both routes and PyTorch."""
+    wide = WideMeraLevel("wide")
+    row = {"batch": 32, "wide_s": best_time(wide.step),
+           "chunked_s": best_time(WideMeraLevel("chunked").step, runs=2)}
+    if with_torch:
+        try:
+            row["torch_s"] = best_time(TorchMeraLevel(wide).step)
+        except ImportError:
+            pass
+    return row
+
+
 def _torch_baseline():
     """``(torch, baselines.torch_mera)``, torch on every core (ImportError without torch)."""
     import torch
@@ -187,3 +230,4 @@ if __name__ == "__main__":
     for row in train_table():
         print(row)
     print({k: round(v) for k, v in mera2d_step_ns_per_pixel().items()}, "ns/pixel")
+    print("raw 4x4-patch sites, one level, 64^2 batch 32:", wide_table())

@@ -379,6 +379,17 @@ def _train_ttn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shift_augment(max_shift: float):
+    """``--augment-shift``: random sub-pixel shifts of every training batch, or None."""
+    if max_shift <= 0.0:
+        return None
+    import functools
+
+    from fasttn.data import random_shift
+
+    return functools.partial(random_shift, max_shift=max_shift)
+
+
 def _add_train_mera(models: argparse._SubParsersAction) -> None:
     q = models.add_parser("mera", help="2D MERA classifier (exact 4x4 MERA blocks)",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -410,6 +421,9 @@ def _add_train_mera(models: argparse._SubParsersAction) -> None:
     q.add_argument("--init-scale", type=float, default=1.0,
                    help="standard deviation of the initial noise relative to 1/sqrt(fan-in)")
     q.add_argument("--weight-decay", type=float, default=0.0)
+    q.add_argument("--augment-shift", type=float, default=0.0,
+                   help="shift each training image by a random sub-pixel offset of up to this "
+                        "many pixels per axis, fresh every batch (0: no augmentation)")
     q.add_argument("--constraint", default="none", choices=["none", "isometric", "norm"],
                    help="isometric: keep every tensor but the class map an isometry (polar "
                         "retraction); norm: keep the norm of every tensor below the last level "
@@ -450,8 +464,9 @@ def _train_mera(args: argparse.Namespace) -> int:
                           verbose=0 if args.quiet else 1)
     print(f"2D MERA on {args.dataset}: {len(y_tr)} train / {len(y_te)} test images of "
           f"{X_tr.shape[1]}x{X_tr.shape[2]}; {model!r}")
+    augment = _shift_augment(args.augment_shift)
     t0 = time.perf_counter()
-    model.fit(X_tr, y_tr, validation_data=(X_te, y_te))
+    model.fit(X_tr, y_tr, validation_data=(X_te, y_te), augment=augment)
     seconds = time.perf_counter() - t0
     print(f"parameters {model.n_params_}  levels {model.n_levels_}  train time {seconds:.1f} s  "
           f"test accuracy {model.score(X_te, y_te):.4f}")
@@ -504,13 +519,7 @@ def _train_qcnn(args: argparse.Namespace) -> int:
         validation = (X_tr[val], y_tr[val])
         X_tr, y_tr = X_tr[keep], y_tr[keep]
         print(f"validation: {n_val} images held out of the training set")
-    augment = None
-    if args.augment_shift > 0.0:
-        import functools
-
-        from fasttn.data import random_shift
-
-        augment = functools.partial(random_shift, max_shift=args.augment_shift)
+    augment = _shift_augment(args.augment_shift)
     t0 = time.perf_counter()
     model.fit(X_tr, y_tr, validation_data=validation, callbacks=callbacks, augment=augment,
               restore_best=args.restore_best)

@@ -129,6 +129,33 @@ def test_relu_level_map_gradients_and_checkpoint(rng, side, tmp_path):
         MERA2D(level_map="tanh").fit(X, y)
 
 
+def test_fit_augment_is_applied_to_each_batch_and_checked(rng):
+    import functools
+
+    from fasttn.data import random_shift
+
+    X = rng.random((8, 16, 16))
+    y = rng.integers(0, 2, 8)
+    seen = []
+
+    def shift(images, gen):
+        seen.append(images.copy())
+        return random_shift(images, gen, max_shift=2.0)
+
+    m = MERA2D(n_classes=2, chi=2, epochs=2, batch_size=4, random_state=0).fit(X, y,
+                                                                              augment=shift)
+    assert len(seen) == 4 and all(b.shape == (4, 16, 16) for b in seen)
+    assert np.isfinite(m.history_[-1]["loss"])
+    # the same seed, the same shifts: training is reproducible
+    m2 = MERA2D(n_classes=2, chi=2, epochs=2, batch_size=4, random_state=0).fit(
+        X, y, augment=functools.partial(random_shift, max_shift=2.0))
+    assert_close(m2.decision_function(X), m.decision_function(X), np.float32, "seeded")
+    with pytest.raises(ValueError, match="augment: expected it to return shape"):
+        MERA2D(n_classes=2, chi=2, epochs=1).fit(X, y, augment=lambda b, g: b[:, :8])
+    with pytest.raises(TypeError, match="augment"):
+        MERA2D(n_classes=2, chi=2, epochs=1).fit(X, y, augment="shift")
+
+
 def test_learns_two_digits(rng):
     from fasttn.data import load_task
 

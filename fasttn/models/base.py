@@ -16,7 +16,7 @@ import json
 import os
 import zipfile
 from types import ModuleType
-from typing import Any, Dict, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Optional, Tuple, Type
 
 import numpy as np
 
@@ -29,6 +29,25 @@ _REGISTRY: Dict[str, Type["Estimator"]] = {}
 FORMAT = "fasttn-checkpoint"
 FORMAT_VERSION = 1
 DEVICES = ("cpu", "cuda")
+
+
+Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+def check_augment(augment: Optional[Augment]) -> None:
+    """``augment`` of a ``fit``: None or a callable ``(images, rng) -> images``."""
+    if augment is not None and not callable(augment):
+        raise TypeError(f"augment: expected a callable (images, rng) -> images, got "
+                        f"{type(augment).__name__}")
+
+
+def augmented(augment: Augment, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``augment(images, rng)``, checked to keep the batch's shape."""
+    out = np.asarray(augment(images, rng))
+    if out.shape != images.shape:
+        raise ValueError(f"augment: expected it to return shape {images.shape}, got "
+                         f"{out.shape}")
+    return out
 
 
 def register(cls):

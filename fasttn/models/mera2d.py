@@ -27,7 +27,7 @@ from ..ops.site_norm import (relu_sites_backward, relu_sites_forward, site_norm_
 from ..train import AdamW, StepLR, loss_fn, n_correct
 from ..train.loop import fit_loop
 from ..train.stiefel import polar_retract
-from .base import Estimator, register
+from .base import Augment, Estimator, augmented, check_augment, register
 from .layer_outputs import gather_layer_outputs
 
 LEVEL_MAPS = ("none", "relu")
@@ -416,8 +416,16 @@ class MERA2D(Estimator):
     def fit(self, X: Any, y: Any, *, epochs: Optional[int] = None,
             batch_size: Optional[int] = None,
             validation_data: Optional[Tuple[Any, Any]] = None,
-            warm_start: bool = False) -> "MERA2D":
+            warm_start: bool = False, augment: Optional[Augment] = None) -> "MERA2D":
         """Train with softmax cross-entropy on images ``X : (n, side, side)`` in [0, 1].
+
+        Parameters
+        ----------
+        augment : callable, optional
+            ``augment(images, rng) -> images`` applied to every training batch (same shape,
+            values in [0, 1]), e.g. ``functools.partial(fasttn.data.random_shift,
+            max_shift=4.0)``; drawn from the model's own seeded generator. The blocks sit on
+            a fixed grid, so shifted copies teach a level-0 block every offset of an object.
 
         Returns
         -------
@@ -425,11 +433,14 @@ class MERA2D(Estimator):
         ``val_accuracy`` with ``validation_data``).
         """
         X, y, epochs, batch_size, rng = self._start_fit(X, y, epochs, batch_size, warm_start)
+        check_augment(augment)
         opt = AdamW(self._param_list(), lr=self.lr, weight_decay=self.weight_decay)
         sched = StepLR(opt, step_size=self.lr_step, gamma=self.lr_gamma)
 
         def step(idx):
-            X_b, y_b = self._to_device(X[idx]), self._to_device(y[idx])
+            images = X[idx] if augment is None else self._check_X(
+                augmented(augment, X[idx], rng), fitted=True)
+            X_b, y_b = self._to_device(images), self._to_device(y[idx])
             scores, _, loss, grads = self._forward_backward(X_b, y_b)
             norms = self._norms()
             opt.step(grads)

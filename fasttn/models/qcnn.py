@@ -20,7 +20,7 @@ from ..ops.layout import SITE_ORDERS, site_order
 from ..ops.site_norm import unit_sites, unit_sites_log
 from ..train import AdamW, StepLR, loss_fn, n_correct
 from ..train.loop import fit_loop
-from .base import Estimator, register
+from .base import Estimator, augmented, check_augment, register
 from .layer_outputs import gather_layer_outputs
 
 DOMAINS = ("auto", "linear", "log")
@@ -432,9 +432,7 @@ class QCNN(Estimator):
         if restore_best and validation_data is None:
             raise ValueError("restore_best: needs validation_data (a split held out from "
                              "training, not the test set)")
-        if augment is not None and not callable(augment):
-            raise TypeError(f"augment: expected a callable (images, rng) -> images, got "
-                            f"{type(augment).__name__}")
+        check_augment(augment)
         chains = None if augment is not None else self._sites(X)
         opt = AdamW(self._params(), lr=self.lr, weight_decay=self.weight_decay)
         sched = StepLR(opt, step_size=self.lr_step, gamma=self.lr_gamma)
@@ -444,10 +442,7 @@ class QCNN(Estimator):
         def batch_chains(idx):
             if augment is None:
                 return chains[idx]
-            images = np.asarray(augment(X[idx], rng))
-            if images.shape != (len(idx),) + X.shape[1:]:
-                raise ValueError(f"augment: expected it to return shape "
-                                 f"{(len(idx),) + X.shape[1:]}, got {images.shape}")
+            images = augmented(augment, X[idx], rng)
             return self._sites(self._check_X(images, fitted=True))
 
         def step(idx):

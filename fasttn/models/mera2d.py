@@ -406,7 +406,7 @@ class MERA2D(Estimator):
             g_x, per_level[level] = self._level_backward(level, tapes[level], g)
             tapes[level] = None
             if level:
-                if self.level_map != "none":
+                if self.level_map == "relu":
                     g_x = relu_sites_backward(norms[level - 1][0], g_x)
                 g = site_norm_backward(norms[level - 1], g_x)
         grads = [g_p for level_grads in per_level for g_p in level_grads]

@@ -25,7 +25,8 @@ def fit_loop(step: StepFn, n_samples: int, *, epochs: int, batch_size: int,
         Called with the epoch number before it starts; returns the learning rate.
     end_of_epoch : callables
         ``f(epoch, record) -> dict or None``; returned items join the epoch's record
-        (validation accuracy, entanglement entropy, ...).
+        (validation accuracy, entanglement entropy, ...). An item ``"stop": True`` ends
+        the fit after this epoch (early stopping); it is not kept in the record.
     verbose : int
         0 silent, 1 a progress bar and one line per epoch.
 
@@ -60,9 +61,12 @@ def fit_loop(step: StepFn, n_samples: int, *, epochs: int, batch_size: int,
             extra = fn(epoch, record)
             if extra:
                 record.update(extra)
+        stop = bool(record.pop("stop", False))
         history.append(record)
         if show:
             tqdm.write(_format(record), file=sys.stdout)
+        if stop:
+            break
     return history
 
 

@@ -1,7 +1,8 @@
 """Contraction paths from cotengra, found once per (equation, shapes) and cached.
 
 A path is looked up in memory first, then in a JSON file on disk
-(``$FASTTN_CACHE_DIR/paths.json``, default ``~/.cache/fasttn``), and only then searched
+(``paths.json`` in :func:`fasttn._cache.user_cache_dir`: ``$FASTTN_CACHE_DIR``, else
+``$XDG_CACHE_HOME/fasttn``, else ``~/.cache/fasttn``), and only then searched
 for. The search is deterministic (cotengra's greedy and optimal path finders, no random
 restarts) so that a cached path and a fresh one agree. ``contract`` runs the path with
 ``numpy.einsum`` (pairwise BLAS contractions) or with CuPy's einsum for device arrays.
@@ -9,12 +10,12 @@ restarts) so that a cached path and a fresh one agree. ``contract`` runs the pat
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 from typing import Any, Dict, Sequence, Tuple
 
 from ._atomic import atomic_file
+from ._cache import user_cache_dir
 from .backend import array_module
 
 __all__ = ["ContractionPlan", "contraction_plan", "contract", "cache_path", "clear_memory_cache"]
@@ -46,8 +47,7 @@ class ContractionPlan(tuple):
 
 def cache_path() -> Path:
     """The on-disk path cache."""
-    root = os.environ.get("FASTTN_CACHE_DIR") or os.path.join(Path.home(), ".cache", "fasttn")
-    return Path(root) / "paths.json"
+    return user_cache_dir() / "paths.json"
 
 
 def _key(eq: str, shapes: Sequence[Sequence[int]]) -> str:

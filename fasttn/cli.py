@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Sequence
 
@@ -50,9 +51,7 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--augment-shift", type=float, default=0.0,
                    help="shift each training image by a random sub-pixel offset of up to this "
                         "many pixels per axis, fresh every batch (0: no augmentation)")
-    q.add_argument("--val-split", type=float, default=0.0,
-                   help="hold out this fraction of the training images for validation "
-                        "(reported as val_accuracy; the test set is then only scored at the end)")
+    _add_val_split_option(q)
     q.add_argument("--restore-best", action="store_true",
                    help="keep the parameters of the epoch of best validation accuracy "
                         "(needs --val-split)")
@@ -144,6 +143,10 @@ def _train_tnn(args: argparse.Namespace) -> int:
     except ValueError:
         raise ValueError(f"--bond: expected an integer or a comma-separated list, got "
                          f"{args.bond!r}") from None
+    if args.plot:
+        if args.solver != "sweep":
+            raise ValueError("--plot: the entropy curves come from the sweep solver")
+        _require_plot("--plot")
     init = args.init or ("random" if args.task == "sine" else "product")
     histories = {}
     for bond in bonds:
@@ -175,8 +178,6 @@ def _train_tnn(args: argparse.Namespace) -> int:
         print(line)
         histories[f"D={bond}"] = model.history_
     if args.plot:
-        if args.solver != "sweep":
-            raise ValueError("--plot: the entropy curves come from the sweep solver")
         from fasttn.analysis.plots import save_sweep_curves
 
         save_sweep_curves(histories, args.plot, title=f"TNN on {args.task}")
@@ -390,13 +391,55 @@ def _shift_augment(max_shift: float):
     return functools.partial(random_shift, max_shift=max_shift)
 
 
+def _add_val_split_option(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--val-split", type=float, default=0.0,
+                   help="hold out this fraction of the training images for validation, "
+                        "scored every epoch as val_accuracy; without it the test set is "
+                        "scored every epoch as test_accuracy (never used to pick a model)")
+
+
+def _split_validation(args: argparse.Namespace, X_tr, y_tr):
+    """``--val-split``: ``(X_train, y_train, validation_data or None)``, the held-out
+    images drawn with ``--seed``."""
+    if not 0.0 <= args.val_split < 1.0:
+        raise ValueError(f"--val-split: expected a fraction in [0, 1), got {args.val_split}")
+    if args.val_split == 0.0:
+        return X_tr, y_tr, None
+    import numpy as np
+
+    order = np.random.default_rng(args.seed).permutation(len(y_tr))
+    n_val = max(1, int(round(args.val_split * len(y_tr))))
+    if n_val >= len(y_tr):
+        raise ValueError(f"--val-split: {args.val_split} of {len(y_tr)} training images "
+                         f"leaves none to train on")
+    val, keep = np.sort(order[:n_val]), np.sort(order[n_val:])
+    print(f"validation: {n_val} images held out of the training set")
+    return X_tr[keep], y_tr[keep], (X_tr[val], y_tr[val])
+
+
+def _epoch_scores(model, validation, X_te, y_te, callbacks=()) -> dict:
+    """``fit`` keywords for the per-epoch scores: with a held-out split the model records
+    it as ``val_accuracy``; without one the test set is recorded as ``test_accuracy``
+    (where the model's ``fit`` takes callbacks), never under the validation name."""
+    import inspect
+
+    callbacks = list(callbacks)
+    if validation is None:
+        callbacks.append(lambda m, epoch, rec: {"test_accuracy": m.score(X_te, y_te)})
+    if "callbacks" not in inspect.signature(model.fit).parameters:
+        return {}  # no per-epoch hook: the test set is scored once, at the end
+    return {"callbacks": callbacks}
+
+
 def _add_train_mera(models: argparse._SubParsersAction) -> None:
     q = models.add_parser("mera", help="2D MERA classifier (exact 4x4 MERA blocks)",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     q.add_argument("--dataset", default="digits",
                    choices=["digits", "fashion-mnist", "mnist", "needle"])
     q.add_argument("--size", type=int, default=None,
-                   help="resize to SIZE x SIZE, a power of 4 (default 16; needle: canvas 64)")
+                   help="resize to SIZE x SIZE, a power of 2: levels of 4x4 blocks, then a 2x2 "
+                        "end block when SIZE is not a power of 4 (default 16; needle: canvas "
+                        "64)")
     q.add_argument("--n-train", type=int, default=None)
     q.add_argument("--n-test", type=int, default=None)
     q.add_argument("--data-dir", default=None)
@@ -429,6 +472,7 @@ def _add_train_mera(models: argparse._SubParsersAction) -> None:
                         "retraction); norm: keep the norm of every tensor below the last level "
                         "fixed (the scores do not depend on it): at 64x64 and larger it "
                         "leaves the chaotic random start more reliably")
+    _add_val_split_option(q)
     q.add_argument("--epochs", type=int, default=10)
     q.add_argument("--batch-size", type=int, default=32)
     q.add_argument("--lr", type=float, default=0.005)
@@ -464,9 +508,11 @@ def _train_mera(args: argparse.Namespace) -> int:
                           verbose=0 if args.quiet else 1)
     print(f"2D MERA on {args.dataset}: {len(y_tr)} train / {len(y_te)} test images of "
           f"{X_tr.shape[1]}x{X_tr.shape[2]}; {model!r}")
+    X_tr, y_tr, validation = _split_validation(args, X_tr, y_tr)
     augment = _shift_augment(args.augment_shift)
     t0 = time.perf_counter()
-    model.fit(X_tr, y_tr, validation_data=(X_te, y_te), augment=augment)
+    model.fit(X_tr, y_tr, validation_data=validation, augment=augment,
+              **_epoch_scores(model, validation, X_te, y_te))
     seconds = time.perf_counter() - t0
     print(f"parameters {model.n_params_}  levels {model.n_levels_}  train time {seconds:.1f} s  "
           f"test accuracy {model.score(X_te, y_te):.4f}")
@@ -504,25 +550,15 @@ def _train_qcnn(args: argparse.Namespace) -> int:
         from fasttn.analysis.entropy import entropy_callback
 
         callbacks.append(entropy_callback)
-    if not 0.0 <= args.val_split < 1.0:
-        raise ValueError(f"--val-split: expected a fraction in [0, 1), got {args.val_split}")
     if args.restore_best and args.val_split == 0.0:
         raise ValueError("--restore-best: needs --val-split (a held-out part of the training "
                          "set; the test set must not pick the model)")
-    validation = (X_te, y_te)
-    if args.val_split > 0.0:
-        import numpy as np
-
-        order = np.random.default_rng(args.seed).permutation(len(y_tr))
-        n_val = max(1, int(round(args.val_split * len(y_tr))))
-        val, keep = np.sort(order[:n_val]), np.sort(order[n_val:])
-        validation = (X_tr[val], y_tr[val])
-        X_tr, y_tr = X_tr[keep], y_tr[keep]
-        print(f"validation: {n_val} images held out of the training set")
+    X_tr, y_tr, validation = _split_validation(args, X_tr, y_tr)
     augment = _shift_augment(args.augment_shift)
     t0 = time.perf_counter()
-    model.fit(X_tr, y_tr, validation_data=validation, callbacks=callbacks, augment=augment,
-              restore_best=args.restore_best)
+    model.fit(X_tr, y_tr, validation_data=validation, augment=augment,
+              restore_best=args.restore_best,
+              **_epoch_scores(model, validation, X_te, y_te, callbacks))
     seconds = time.perf_counter() - t0
     acc = model.score(X_te, y_te)
     best = f"  best epoch {model.best_epoch_}" if args.restore_best else ""
@@ -630,6 +666,7 @@ def _cmd_data_show(args: argparse.Namespace) -> int:
     from fasttn.analysis.plots import save_sample_grid
     from fasttn.data import load_needle_dataset
 
+    _require_plot("fasttn data show")
     if args.dir is not None:
         if args.size is not None:
             raise ValueError("give either a dataset directory or --size, not both")
@@ -697,7 +734,13 @@ def _cmd_tsne(args: argparse.Namespace) -> int:
     import fasttn
     from fasttn.analysis import layer_tsne
 
+    _require_plot("fasttn tsne")
     model = fasttn.load(args.model)
+    if not callable(getattr(model, "layer_outputs", None)) or \
+            getattr(model, "image_shape_", None) is None:
+        raise ValueError(f"{args.model}: a {type(model).__name__} checkpoint; fasttn tsne "
+                         f"embeds the layers of the image models (QCNN, MERA2D, TTN2D) on "
+                         f"their image datasets")
     X_tr, y_tr, X_te, y_te = _image_task(args, size=model.image_shape_[0])
     X, y = (X_te, y_te) if args.split == "test" else (X_tr, y_tr)
     X, y = X[:args.n], y[:args.n]
@@ -730,7 +773,10 @@ def _cmd_tsne(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fasttn import __version__
+
     parser = argparse.ArgumentParser(prog="fasttn", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_commands(sub)
     _add_data_commands(sub)
@@ -738,14 +784,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _require_plot(what: str) -> None:
+    """Fail before any work when a command's figure cannot be drawn."""
+    from fasttn.analysis.plots import _require_matplotlib
+
+    try:
+        _require_matplotlib()
+    except ImportError:
+        raise ValueError(f"{what} needs matplotlib: pip install 'fasttn[plot]'") from None
+
+
+# Argument names in the models' messages that the command line spells as flags.
+_FLAG_NAMES = [(re.compile(r"\bpad=True(?: \((?:command line|CLI): --pad\))?"), "--pad")]
+
+
+def _error_line(exc: BaseException) -> str:
+    """An exception as one line, in the command line's terms."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    for pattern, flag in _FLAG_NAMES:
+        text = pattern.sub(flag, text)
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from fasttn._cuda import CUDAUnavailableError  # imports no CuPy
+    from fasttn._numba import compile_watch
 
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, CUDAUnavailableError) as exc:
-        print(f"fasttn: error: {exc}", file=sys.stderr)
+        # one line on standard error when a kernel compiles (its first use: tens of seconds)
+        with compile_watch(notice=not getattr(args, "quiet", False)):
+            return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError,
+            CUDAUnavailableError) as exc:
+        print(f"fasttn: error: {_error_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -43,6 +43,25 @@ def check_float_array(name: str, x: Any, ndim: int | Sequence[int] | None = None
     return x
 
 
+def check_real_array(name: str, x: Any, ndim: int | Sequence[int] | None = None) -> np.ndarray:
+    """A real-valued array (float, integer, or numbers held as objects) of the given rank;
+    float32/float64 kept, anything else converted to float64. Booleans, complex numbers
+    and strings are refused."""
+    x = np.asarray(x)
+    if x.dtype.kind == "O":
+        x = x.astype(np.float64)  # numbers stored as objects; anything else raises
+    if x.dtype.kind not in "fiu":
+        raise TypeError(f"{name}: expected real numbers, got dtype {x.dtype}")
+    if x.dtype not in FLOAT_DTYPES:
+        x = x.astype(np.float64)
+    if ndim is not None:
+        ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in ranks:
+            want = " or ".join(str(r) for r in ranks)
+            raise ValueError(f"{name}: expected a {want}-dimensional array, got shape {x.shape}")
+    return x
+
+
 def check_finite(name: str, x: Any) -> None:
     """Raise if ``x`` holds NaN or Inf, saying how many and where the first one is."""
     mod = type(x).__module__.split(".")[0]

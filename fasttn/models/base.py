@@ -19,11 +19,12 @@ from types import ModuleType
 from typing import Any, Callable, Dict, Optional, Tuple, Type
 
 import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
 
 from .. import backend
 from .._atomic import atomic_file
-from .._validate import (check_choice, check_dtype, check_finite, check_float_array,
-                         check_labels, check_positive_int)
+from .._validate import check_choice
 
 _REGISTRY: Dict[str, Type["Estimator"]] = {}
 FORMAT = "fasttn-checkpoint"
@@ -55,39 +56,13 @@ def register(cls):
     return cls
 
 
-class Estimator:
-    """scikit-learn-like base: hyper-parameters are constructor arguments stored unchanged,
-    learned state ends in ``_``."""
+class Estimator(BaseEstimator):
+    """scikit-learn estimator base: hyper-parameters are constructor arguments stored
+    unchanged (so ``clone``, ``get_params`` and grid searches work), learned state ends in
+    ``_``; device placement and checkpoints."""
 
     # Attributes holding lists of learned arrays that live on the model's device.
     _DEVICE_STATE: Tuple[str, ...] = ()
-
-    def get_params(self, deep: bool = True) -> Dict[str, Any]:
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {name: getattr(self, name) for name in names}
-
-    def set_params(self, **params: Any) -> "Estimator":
-        valid = self.get_params()
-        for key, value in params.items():
-            if key not in valid:
-                raise ValueError(f"{key}: not a parameter of {type(self).__name__}; "
-                                 f"expected one of {sorted(valid)}")
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
-
-    def _check_classifier_config(self) -> None:
-        """The hyper-parameters every classifier here has: n_classes, dtype, batch_size,
-        epochs."""
-        check_positive_int("n_classes", self.n_classes)
-        if self.n_classes < 2:
-            raise ValueError(f"n_classes: expected at least 2, got {self.n_classes}")
-        check_dtype("dtype", self.dtype)
-        check_positive_int("batch_size", self.batch_size)
-        check_positive_int("epochs", self.epochs)
 
     # -- device placement ----------------------------------------------------------------
     @property
@@ -124,50 +99,22 @@ class Estimator:
 
     _FITTED_ATTR = "history_"  # set by fit; models name their parameter attribute
 
-    def _start_fit(self, X: Any, y: Any, epochs: Any, batch_size: Any, warm_start: bool):
-        """Checks shared by every ``fit``; (re)initialises unless warm-starting a fitted
-        model, then places the learned state on the model's device. Returns
-        ``(X, y, epochs, batch_size, rng)``."""
-        self._check_config()
-        self._device_module()  # a missing GPU fails here, before any work
-        epochs = check_positive_int("epochs", epochs if epochs is not None else self.epochs)
-        batch_size = check_positive_int("batch_size",
-                                        batch_size if batch_size is not None else self.batch_size)
-        X = check_float_array("X", X, ndim=3)
-        y = check_labels("y", y, self.n_classes, n_samples=X.shape[0])
-        fitted = warm_start and hasattr(self, self._FITTED_ATTR)
-        X = self._check_X(X, fitted=fitted)
-        rng = np.random.default_rng(self.random_state)
-        if not fitted:
-            self._setup(X.shape[1:])
-            self._init_params(rng)
-            self.history_ = []
+    def _check_fitted(self) -> None:
+        """Raise :class:`sklearn.exceptions.NotFittedError` (a ValueError) before fit."""
+        if getattr(self, self._FITTED_ATTR, None) is None:
+            raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit first")
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return getattr(self, self._FITTED_ATTR, None) is not None
+
+    def _snapshot(self) -> Dict[str, Any]:
+        """A copy of the learned arrays (on their device), for :meth:`_restore`."""
+        return {k: v.copy() for k, v in self._state_arrays().items()}
+
+    def _restore(self, snapshot: Dict[str, Any]) -> None:
+        """Return to the learned arrays of a :meth:`_snapshot`, keeping the history."""
+        self._set_state(snapshot, self._state_meta())
         self._place_state()
-        return X, y, epochs, batch_size, rng
-
-    def _check_X(self, X: Any, fitted: bool) -> np.ndarray:
-        """Images ``(n, height, width)`` in [0, 1], finite; once fitted, of the fitted shape."""
-        X = check_float_array("X", X, ndim=3)
-        if X.shape[0] == 0:
-            raise ValueError("X: expected at least one image, got 0")
-        check_finite("X", X)
-        lo, hi = float(X.min()), float(X.max())
-        if lo < 0 or hi > 1:
-            raise ValueError(f"X: expected pixel values in [0, 1], got values in [{lo:.4g}, "
-                             f"{hi:.4g}] (scale uint8 images by 1/255)")
-        if fitted and tuple(X.shape[1:]) != tuple(self.image_shape_):
-            raise ValueError(f"X: expected images of shape {tuple(self.image_shape_)} (as in "
-                             f"fit), got {tuple(X.shape[1:])}")
-        return X
-
-    def score(self, X: Any, y: Any) -> float:
-        """Mean accuracy of :meth:`predict` on ``(X, y)``."""
-        pred = self.predict(X)
-        y = np.asarray(y)
-        if y.shape != pred.shape:
-            raise ValueError(f"y: expected {pred.shape[0]} labels (one per image), got shape "
-                             f"{y.shape}")
-        return float(np.mean(pred == y))
 
     # -- checkpoints ---------------------------------------------------------------------
     def _state_arrays(self) -> Dict[str, np.ndarray]:
@@ -179,13 +126,21 @@ class Estimator:
     def _set_state(self, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def _contract_meta(self) -> Dict[str, Any]:
+        """Learned metadata of the estimator contract (labels, input layout), saved beside
+        the model's own."""
+        return {}
+
+    def _set_contract_state(self, meta: Dict[str, Any]) -> None:
+        """Restore :meth:`_contract_meta` from a checkpoint, before the model's arrays."""
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the fitted model to ``path`` (``.npz``), atomically; arrays on a device are
         copied to the host first."""
         if not hasattr(self, "n_features_in_"):
             raise ValueError(f"{type(self).__name__} is not fitted yet; call fit before save")
         header = {"format": FORMAT, "version": FORMAT_VERSION, "class": type(self).__name__,
-                  "params": _jsonable(self.get_params()), "meta": _jsonable(self._state_meta())}
+                  "params": _jsonable(self.get_params()), "meta": _jsonable({**self._state_meta(), **self._contract_meta()})}
         arrays = {k: backend.to_numpy(v) for k, v in self._state_arrays().items()}
         arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
         with atomic_file(path) as tmp:
@@ -241,6 +196,7 @@ def load(path: str | os.PathLike, device: Optional[str] = None) -> Estimator:
         raise ValueError(f"path: {path!r} holds an unknown model class {header.get('class')!r}")
     try:
         model = cls(**_with_device(cls, header["params"], device))
+        model._set_contract_state(header["meta"])
         model._set_state(arrays, header["meta"])
     except KeyError as exc:
         raise ValueError(f"path: {path!r} lacks the array {exc.args[0]!r} that a "
@@ -271,6 +227,8 @@ def _jsonable(obj: Any) -> Any:
         return [_jsonable(v) for v in obj]
     if isinstance(obj, np.generic):
         return obj.item()
+    if hasattr(obj, "get_config"):  # a TNN layer object among the parameters
+        return _jsonable(obj.get_config())
     if isinstance(obj, np.dtype):
         return obj.name
     if isinstance(obj, type) and issubclass(obj, np.generic):

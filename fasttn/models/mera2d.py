@@ -27,7 +27,8 @@ from ..ops.site_norm import (relu_sites_backward, relu_sites_forward, site_norm_
 from ..train import AdamW, StepLR, loss_fn, n_correct
 from ..train.loop import fit_loop
 from ..train.stiefel import polar_retract
-from .base import Augment, Estimator, augmented, check_augment, register
+from .base import Augment, augmented, check_augment, register
+from .classifier import ImageClassifier, next_power_of_two
 from .layer_outputs import gather_layer_outputs
 
 LEVEL_MAPS = ("none", "relu")
@@ -36,14 +37,17 @@ _END_PARAMS = ("u", "top")  # the 2x2 end block of grids whose side is not a pow
 
 
 @register
-class MERA2D(Estimator):
-    """Hierarchical 2D MERA classifier on square images whose side is a power of 2 (at
-    least 2). Each level maps 4x4 blocks to one site; a side that is not a power of 4 ends
-    with a 2x2 block (disentangler ``u`` and isometry ``top``).
+class MERA2D(ImageClassifier):
+    """Hierarchical 2D MERA classifier. The network runs on square images whose side (in
+    sites) is a power of 2, at least 2; other images are zero-padded, centred, to the next
+    such square. Each level maps 4x4 blocks to one site; a side that is not a power of 4
+    ends with a 2x2 block (disentangler ``u`` and isometry ``top``).
 
     Parameters
     ----------
-    n_classes : int
+    n_classes : int, optional
+        Number of class outputs; None (default) takes the classes from ``y`` in ``fit``
+        (see :class:`QCNN`).
     chi : int or sequence of int
         Bond dimension of the isometry outputs (the output sites) of every 4x4 level, or one
         per 4x4 level (the last level's ``top`` maps its ``chi`` to the classes).
@@ -106,6 +110,8 @@ class MERA2D(Estimator):
         often stalls at chance; with the norms fixed it left that start more reliably in
         our runs (64x64 digits: 4 of 4 seeds against 3 of 4 for ten classes, 2 of 3
         against 0 of 3 for 3 vs 8). At 16x16 the two are alike.
+    image_shape, input_scaling, early_stopping, validation_fraction, n_iter_no_change
+        Input layout, pixel scaling and early stopping, as for :class:`QCNN`.
     dtype : {"float32", "float64"}
     device : {"cpu", "cuda"}
         Where training and inference run. ``"cuda"`` keeps the tensors and the optimizer
@@ -117,13 +123,16 @@ class MERA2D(Estimator):
 
     _FITTED_ATTR = "params_"
 
-    def __init__(self, n_classes: int = 2, chi: Union[int, Sequence[int]] = 4,
+    def __init__(self, n_classes: Optional[int] = None, chi: Union[int, Sequence[int]] = 4,
                  bond: Union[None, int, Sequence[int]] = None, shared: bool = True,
                  patch: int = 1, feature_map: str = "cos_sin", n_features: Optional[int] = None,
                  constant: bool = True, level_map: str = "none", lr: float = 0.005,
                  weight_decay: float = 0.0, lr_step: int = 10, lr_gamma: float = 0.5,
                  batch_size: int = 32, epochs: int = 10,
                  init: str = "random", init_scale: float = 1.0, constraint: str = "none",
+                 image_shape: Optional[Tuple[int, int]] = None, input_scaling: str = "auto",
+                 early_stopping: bool = True, validation_fraction: float = 0.1,
+                 n_iter_no_change: int = 5,
                  dtype: str = "float32", device: str = "cpu",
                  random_state: Optional[int] = None, verbose: int = 0):
         self.n_classes = n_classes
@@ -144,6 +153,11 @@ class MERA2D(Estimator):
         self.init = init
         self.init_scale = init_scale
         self.constraint = constraint
+        self.image_shape = image_shape
+        self.input_scaling = input_scaling
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
         self.dtype = dtype
         self.device = device
         self.random_state = random_state
@@ -167,6 +181,12 @@ class MERA2D(Estimator):
         if self.n_features is not None:
             return int(self.n_features)
         return 2 if self.feature_map == "cos_sin" else 4
+
+    def _network_shape(self, height: int, width: int) -> Tuple[int, int]:
+        """A square of ``patch``-sided sites, the grid's side a power of two (at least 2)."""
+        k = int(self.patch)
+        grid = max(next_power_of_two(-(-max(height, width) // k)), 2)
+        return grid * k, grid * k
 
     def _setup(self, image_shape: Tuple[int, int]) -> None:
         h, w = image_shape
@@ -200,7 +220,6 @@ class MERA2D(Estimator):
             self.p0_ = n_channels(self.feature_map, self._n_features(), self.constant)
         else:
             self.p0_ = k * k + int(self.constant)
-        self.n_features_in_ = h * w
 
     def _names(self, level: int) -> Tuple[str, ...]:
         return _END_PARAMS if self.has_end_ and level == self.n_levels_ - 1 else _PARAMS
@@ -209,7 +228,7 @@ class MERA2D(Estimator):
         """``(p, b, chi, d_out)`` of a level (``chi`` 0 for the end block)."""
         p = self.p0_ if level == 0 else self.chis_[level - 1] + (self.level_map == "relu")
         chi = self.chis_[level] if level < len(self.chis_) else 0
-        d_out = self.n_classes if level == self.n_levels_ - 1 else chi
+        d_out = self.n_classes_ if level == self.n_levels_ - 1 else chi
         return p, self.bonds_[level], chi, d_out
 
     def _per_block(self, level: int) -> bool:
@@ -396,7 +415,7 @@ class MERA2D(Estimator):
                     x = relu_sites_forward(x)
                 if record is not None:  # normalised again in float64: unit to rounding
                     record.append(to_numpy(unit_sites(out)))
-        scores = out.reshape(X.shape[0], self.n_classes).astype(np.float64)
+        scores = out.reshape(X.shape[0], self.n_classes_).astype(np.float64)
         if y is None:
             return scores, log_scale, None, None
         loss, g_scores = loss_fn("cross_entropy")(scores, y)
@@ -417,10 +436,21 @@ class MERA2D(Estimator):
             batch_size: Optional[int] = None,
             validation_data: Optional[Tuple[Any, Any]] = None,
             warm_start: bool = False, augment: Optional[Augment] = None) -> "MERA2D":
-        """Train with softmax cross-entropy on images ``X : (n, side, side)`` in [0, 1].
+        """Train with softmax cross-entropy on images with labels.
 
         Parameters
         ----------
+        X : array (n, height, width) or (n, height * width)
+            Images, ideally in [0, 1] (see ``input_scaling``).
+        y : array (n,)
+            Labels of any kind scikit-learn classifies.
+        epochs, batch_size : int, optional
+            Override the constructor values for this call.
+        validation_data : (X_val, y_val), optional
+            Scored after every epoch (``val_accuracy``); with ``early_stopping`` it
+            replaces the split held out of ``X``.
+        warm_start : bool
+            Continue from the current parameters instead of re-initialising.
         augment : callable, optional
             ``augment(images, rng) -> images`` applied to every training batch (same shape,
             values in [0, 1]), e.g. ``functools.partial(fasttn.data.random_shift,
@@ -432,14 +462,15 @@ class MERA2D(Estimator):
         self, with ``history_`` (one dict per epoch: loss, accuracy, images/s, lr, and
         ``val_accuracy`` with ``validation_data``).
         """
-        X, y, epochs, batch_size, rng = self._start_fit(X, y, epochs, batch_size, warm_start)
         check_augment(augment)
+        X, y, epochs, batch_size, rng, monitor = self._start_fit(
+            X, y, epochs, batch_size, warm_start, validation_data)
         opt = AdamW(self._param_list(), lr=self.lr, weight_decay=self.weight_decay)
         sched = StepLR(opt, step_size=self.lr_step, gamma=self.lr_gamma)
 
         def step(idx):
-            images = X[idx] if augment is None else self._check_X(
-                augmented(augment, X[idx], rng), fitted=True)
+            images = X[idx] if augment is None else self._check_augmented(
+                augmented(augment, X[idx], rng))
             X_b, y_b = self._to_device(images), self._to_device(y[idx])
             scores, _, loss, grads = self._forward_backward(X_b, y_b)
             norms = self._norms()
@@ -447,10 +478,7 @@ class MERA2D(Estimator):
             self._retract(norms)
             return loss, n_correct(scores, y_b)
 
-        hooks = []
-        if validation_data is not None:
-            Xv, yv = validation_data
-            hooks.append(lambda epoch, rec: {"val_accuracy": self.score(Xv, yv)})
+        hooks = [] if monitor is None else [monitor]
         start = len(self.history_)
         hist = fit_loop(step, len(y), epochs=epochs, batch_size=batch_size, rng=rng,
                         set_epoch=lambda e: sched.set_epoch(start + e), end_of_epoch=hooks,
@@ -458,18 +486,14 @@ class MERA2D(Estimator):
         for rec in hist:
             rec["epoch"] += start
         self.history_.extend(hist)
+        self._finish_fit(monitor)
         return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "params_"):
-            raise ValueError(f"{type(self).__name__} is not fitted yet; call fit first")
-
-    def decision_function(self, X: Any, batch_size: int = 64) -> np.ndarray:
-        """Class scores ``(n, n_classes)``: the exact network's output divided by the
-        positive per-image factor ``exp(log_scale)`` (see :meth:`log_scale`)."""
-        self._check_fitted()
-        X = self._check_X(X, fitted=True)
-        return self._batched(X, batch_size, 0)
+    def _decision(self, images: np.ndarray, batch_size: Optional[int] = None) -> np.ndarray:
+        """Class scores ``(n, n_classes_)``: the network's output divided by the positive
+        per-image factor ``exp(log_scale)`` (see :meth:`log_scale`; with
+        ``level_map="none"`` the exact network's)."""
+        return self._batched(images, batch_size or 64, 0)
 
     def _batched(self, X: np.ndarray, batch_size: int, which: int) -> np.ndarray:
         """Output ``which`` of the forward pass (0: scores, 1: log-scales) over ``X`` in
@@ -517,10 +541,6 @@ class MERA2D(Estimator):
             return record + [to_numpy(scores)]
 
         return gather_layer_outputs(X.shape[0], batch_size, forward)
-
-    def predict(self, X: Any, batch_size: int = 64) -> np.ndarray:
-        """Labels: argmax of the class scores (those of the exact network)."""
-        return np.argmax(self.decision_function(X, batch_size), axis=1)
 
     # ------------------------------------------------------------------- checkpoints
     def _state_arrays(self) -> Dict[str, np.ndarray]:

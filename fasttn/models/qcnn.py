@@ -20,7 +20,8 @@ from ..ops.layout import SITE_ORDERS, site_order
 from ..ops.site_norm import unit_sites, unit_sites_log
 from ..train import AdamW, StepLR, loss_fn, n_correct
 from ..train.loop import fit_loop
-from .base import Estimator, augmented, check_augment, register
+from .base import augmented, check_augment, register
+from .classifier import ImageClassifier, binary_margin
 from .layer_outputs import gather_layer_outputs
 
 DOMAINS = ("auto", "linear", "log")
@@ -60,12 +61,15 @@ def _prod_others(xs):
 
 
 @register
-class QCNN(Estimator):
+class QCNN(ImageClassifier):
     """Entangled q-convolutional network classifier.
 
     Parameters
     ----------
-    n_classes : int
+    n_classes : int, optional
+        Number of class outputs; None (default) takes the classes from ``y`` in ``fit``.
+        With an integer ``k`` and integer labels in ``[0, k)``, every label ``0 .. k-1``
+        has its output even if the training labels lack some.
     d : int
         Base width: level widths are ``d * (l + 1)`` (q-CNN paper) unless ``widths`` is given;
         also the number of feature channels unless ``n_features`` is given.
@@ -112,7 +116,23 @@ class QCNN(Estimator):
         bound every level) and predicts with one log-scale per site (running statistics do
         not bound the levels; this is finite at any depth at the speed of the linear form).
     pad : bool
-        Zero-pad images whose sides are not powers of two (otherwise an error).
+        Zero-pad images (centred) whose sides are not powers of two (otherwise an error).
+    image_shape : (int, int), optional
+        ``(height, width)`` of flat rows ``X (n, height * width)``; by default a row of a
+        square number of pixels is a square image and any other row one image row.
+    input_scaling : {"auto", "none"}
+        ``auto``: training images with values outside [0, 1] (uint8 pixels, standardised
+        features) are mapped into it by the range seen in ``fit`` (``input_offset_``,
+        ``input_scale_``), and values past that range are clipped at prediction.
+        ``none``: values outside [0, 1] are an error.
+    early_stopping : bool
+        Hold out a stratified ``validation_fraction`` of the training images (or use
+        ``fit``'s ``validation_data``), score it after every epoch, stop after
+        ``n_iter_no_change`` epochs without improvement and end with the parameters of
+        the best epoch (``best_epoch_``). Sets too small to give every class a held-out
+        image train on everything for ``epochs``.
+    validation_fraction : float
+    n_iter_no_change : int
     dtype : {"float32", "float64"}
     device : {"cpu", "cuda"}
         Where training and inference run. ``"cuda"`` keeps the parameters, batch-norm
@@ -126,14 +146,18 @@ class QCNN(Estimator):
     _FITTED_ATTR = "weights_"
     _DEVICE_STATE = ("weights_", "gammas_", "betas_", "running_means_", "running_vars_")
 
-    def __init__(self, n_classes: int = 10, d: int = 18, widths: Optional[Sequence[int]] = None,
-                 feature_map: str = "fourier", n_features: Optional[int] = None,
-                 constant: bool = False, pooling: str = "1d", child_weights: str = "shared",
-                 order: str = "row",
-                 loss: str = "square", lr: float = 0.01, weight_decay: float = 0.01,
+    def __init__(self, n_classes: Optional[int] = None, d: int = 12,
+                 widths: Optional[Sequence[int]] = None,
+                 feature_map: str = "cos_sin", n_features: Optional[int] = None,
+                 constant: bool = False, pooling: str = "1d", child_weights: str = "separate",
+                 order: str = "z",
+                 loss: str = "cross_entropy", lr: float = 0.01, weight_decay: float = 0.01,
                  lr_step: int = 10, lr_gamma: float = 0.5, batch_size: int = 50,
-                 epochs: int = 10, momentum: float = 0.1, eps: float = 1e-5,
-                 beta_init: float = 0.0, domain: str = "auto", pad: bool = False,
+                 epochs: int = 40, momentum: float = 0.1, eps: float = 1e-5,
+                 beta_init: float = 1.0, domain: str = "auto", pad: bool = True,
+                 image_shape: Optional[Tuple[int, int]] = None, input_scaling: str = "auto",
+                 early_stopping: bool = True, validation_fraction: float = 0.1,
+                 n_iter_no_change: int = 8,
                  dtype: str = "float32", device: str = "cpu",
                  random_state: Optional[int] = None, verbose: int = 0):
         self.n_classes = n_classes
@@ -157,6 +181,11 @@ class QCNN(Estimator):
         self.beta_init = beta_init
         self.domain = domain
         self.pad = pad
+        self.image_shape = image_shape
+        self.input_scaling = input_scaling
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
         self.dtype = dtype
         self.device = device
         self.random_state = random_state
@@ -179,25 +208,31 @@ class QCNN(Estimator):
             return int(self.n_features)
         return 2 if self.feature_map == "cos_sin" else int(self.d)
 
-    def _geometry(self, height: int, width: int) -> Tuple[int, int, int]:
-        """``(padded height, padded width, levels)`` for an input image size."""
+    def _network_shape(self, height: int, width: int) -> Tuple[int, int]:
+        """Sides that are powers of two (a square for 2D pooling); with ``pad=False`` the
+        images must have them already."""
         def up(n):
             return 1 << (n - 1).bit_length()
 
         if self.pooling == "2d":
-            side = max(height, width)
-            ph = pw = up(side) if self.pad else side
-            if not self.pad and (height != width or height & (height - 1)):
+            side = max(up(height), up(width), 2)
+            if not self.pad and (height != width or height != side):
                 raise ValueError(f"X: 2d pooling expects square images with a power-of-two side, "
-                                 f"got {height}x{width}; pass pad=True to zero-pad to "
-                                 f"{up(side)}x{up(side)}")
-            return ph, pw, ph.bit_length() - 1
-        ph, pw = (up(height), up(width)) if self.pad else (height, width)
-        if not self.pad and (height & (height - 1) or width & (width - 1)):
+                                 f"got {height}x{width}; pass pad=True (command line: --pad) to "
+                                 f"zero-pad to {side}x{side}")
+            return side, side
+        ph, pw = up(height), max(up(width), 3 - up(height))  # at least one pair of sites
+        if not self.pad and (ph, pw) != (height, width):
             raise ValueError(f"X: expected image height and width that are powers of two, got "
-                             f"{height}x{width}; pass pad=True to zero-pad to "
-                             f"{up(height)}x{up(width)}")
-        return ph, pw, (ph * pw).bit_length() - 1
+                             f"{height}x{width}; pass pad=True (command line: --pad) to "
+                             f"zero-pad to {ph}x{pw}")
+        return ph, pw
+
+    def _geometry(self, height: int, width: int) -> Tuple[int, int, int]:
+        """``(height, width, levels)`` for network images (sides powers of two)."""
+        if self.pooling == "2d":
+            return height, width, height.bit_length() - 1
+        return height, width, (height * width).bit_length() - 1
 
     def _level_widths(self, levels: int) -> List[int]:
         if self.widths is None:
@@ -218,7 +253,7 @@ class QCNN(Estimator):
         self.running_means_, self.running_vars_ = [], []
         for l in range(self.n_levels_ + 1):
             d_in = dims[l]
-            d_out = dims[l + 1] if l < self.n_levels_ else self.n_classes
+            d_out = dims[l + 1] if l < self.n_levels_ else self.n_classes_
             if l < self.n_levels_:  # Xavier-uniform, as the reference conv1d layers
                 bound = np.sqrt(6.0 / (d_in + d_out))
             else:  # torch.nn.Linear's default for the classifier
@@ -247,14 +282,8 @@ class QCNN(Estimator):
 
     # ------------------------------------------------------------------------ inputs
     def _sites(self, X: np.ndarray) -> np.ndarray:
-        """Images -> (n, sites) chains in the pooling order, padded, in the model dtype."""
-        n, h, w = X.shape
-        ph, pw = self.padded_shape_
-        if (ph, pw) != (h, w):
-            top, left = (ph - h) // 2, (pw - w) // 2
-            Xp = np.zeros((n, ph, pw), X.dtype)
-            Xp[:, top:top + h, left:left + w] = X
-            X = Xp
+        """Network images -> (n, sites) chains in the pooling order, in the model dtype."""
+        n = X.shape[0]
         return np.ascontiguousarray(X.reshape(n, -1)[:, self.perm_], dtype=self.dtype)
 
     def _features(self, chains: np.ndarray) -> np.ndarray:
@@ -403,14 +432,19 @@ class QCNN(Estimator):
             warm_start: bool = False,
             augment: Optional[Callable[[np.ndarray, np.random.Generator], np.ndarray]] = None,
             restore_best: bool = False) -> "QCNN":
-        """Train on images ``X : (n, height, width)`` in [0, 1] with labels ``y : (n,)``.
+        """Train on images with labels.
 
         Parameters
         ----------
+        X : array (n, height, width) or (n, height * width)
+            Images, ideally in [0, 1] (see ``input_scaling``).
+        y : array (n,)
+            Labels of any kind scikit-learn classifies (integers, strings, ...).
         epochs, batch_size : int, optional
             Override the constructor values for this call.
         validation_data : (X_val, y_val), optional
-            Accuracy on it is recorded each epoch as ``val_accuracy``.
+            Accuracy on it is recorded each epoch as ``val_accuracy``; with
+            ``early_stopping`` it replaces the split held out of ``X``.
         callbacks : callables
             ``f(model, epoch, record) -> dict or None`` after each epoch; returned items join
             the epoch's history record (e.g. entanglement entropy).
@@ -421,18 +455,17 @@ class QCNN(Estimator):
             values in [0, 1]), e.g. ``functools.partial(fasttn.data.random_shift,
             max_shift=1.0)``; drawn from the model's own seeded generator.
         restore_best : bool
-            With ``validation_data``: end with the parameters (and running statistics) of
-            the epoch of highest validation accuracy, recorded as ``best_epoch_``.
+            With ``validation_data`` and ``early_stopping=False``: end with the parameters
+            (and running statistics) of the epoch of highest validation accuracy, recorded
+            as ``best_epoch_`` (``early_stopping`` always does).
 
         Returns
         -------
         self, with ``history_`` (one dict per epoch).
         """
-        X, y, epochs, batch_size, rng = self._start_fit(X, y, epochs, batch_size, warm_start)
-        if restore_best and validation_data is None:
-            raise ValueError("restore_best: needs validation_data (a split held out from "
-                             "training, not the test set)")
         check_augment(augment)
+        X, y, epochs, batch_size, rng, monitor = self._start_fit(
+            X, y, epochs, batch_size, warm_start, validation_data, restore_best)
         chains = None if augment is not None else self._sites(X)
         opt = AdamW(self._params(), lr=self.lr, weight_decay=self.weight_decay)
         sched = StepLR(opt, step_size=self.lr_step, gamma=self.lr_gamma)
@@ -443,7 +476,7 @@ class QCNN(Estimator):
             if augment is None:
                 return chains[idx]
             images = augmented(augment, X[idx], rng)
-            return self._sites(self._check_X(images, fitted=True))
+            return self._sites(self._check_augmented(images))
 
         def step(idx):
             chains_b, y_b = self._to_device(batch_chains(idx)), self._to_device(y[idx])
@@ -452,19 +485,7 @@ class QCNN(Estimator):
             self._update_running(used, len(idx))
             return loss, n_correct(abs(scores) if abs_pred else scores, y_b)
 
-        hooks = []
-        best = {"accuracy": -1.0, "epoch": None, "state": None}
-        if validation_data is not None:
-            Xv, yv = validation_data
-
-            def validate(epoch, rec):
-                acc = self.score(Xv, yv)
-                if restore_best and acc > best["accuracy"]:
-                    best.update(accuracy=acc, epoch=len(self.history_) + epoch + 1,
-                                state={k: v.copy() for k, v in self._state_arrays().items()})
-                return {"val_accuracy": acc}
-
-            hooks.append(validate)
+        hooks = [] if monitor is None else [monitor]
         for cb in callbacks:
             hooks.append(lambda epoch, rec, cb=cb: cb(self, epoch, rec))
         start = len(self.history_)
@@ -474,11 +495,7 @@ class QCNN(Estimator):
         for rec in hist:
             rec["epoch"] += start
         self.history_.extend(hist)
-        if restore_best:
-            self._set_state(best["state"], {"image_shape": list(self.image_shape_),
-                                            "history": self.history_})
-            self._place_state()
-            self.best_epoch_ = best["epoch"]
+        self._finish_fit(monitor)
         return self
 
     def _setup(self, image_shape: Tuple[int, int]) -> None:
@@ -493,26 +510,44 @@ class QCNN(Estimator):
         self.widths_ = self._level_widths(levels)
         n_sites = ph * pw
         self.sites_per_level_ = [n_sites // self.window_ ** l for l in range(levels + 1)]
-        self.n_features_in_ = h * w
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "weights_"):
-            raise ValueError(f"{type(self).__name__} is not fitted yet; call fit first")
+    def decision_function(self, X: Any, batch_size: Optional[int] = None,
+                          log: bool = False):
+        """Class scores alpha, columns in the order of ``classes_``.
 
-    def decision_function(self, X: Any, batch_size: int = 256, log: bool = False):
-        """Class scores alpha for ``X : (n, height, width)``.
+        Parameters
+        ----------
+        X : array (n, height, width) or (n, height * width)
+        batch_size : int, optional
+            Images per forward pass (default 256).
+        log : bool
+            Return ``(log|alpha|, sign)`` instead, finite even where alpha itself is not
+            representable (deep hierarchies).
 
         Returns
         -------
-        scores : (n, n_classes) float64, or with ``log=True`` the pair ``(log|alpha|, sign)``,
-            finite even where alpha itself is not representable.
+        scores : (n, n_classes_) float64 (two classes: ``(n,)``, the second score minus
+            the first), or with ``log`` the pair ``(log|alpha|, sign)``, each
+            ``(n, n_classes_)``.
         """
         self._check_fitted()
-        X = self._check_X(X, fitted=True)
+        images = self._check_X(X, fitted=True)
+        if log:
+            return self._decision_log(images, batch_size)
+        return binary_margin(self._decision(images, batch_size))
+
+    def _decision(self, images: np.ndarray, batch_size: Optional[int] = None) -> np.ndarray:
+        return self._decision_log(images, batch_size, with_scores=True)[2]
+
+    def _decision_log(self, images: np.ndarray, batch_size: Optional[int] = None,
+                      with_scores: bool = False):
+        """``(log|alpha|, sign)`` of network images (and the scores with
+        ``with_scores``)."""
+        batch_size = batch_size or 256
         domain = self._predict_domain()
         outs_la, outs_sg, outs = [], [], []
-        for i in range(0, X.shape[0], batch_size):
-            chains = self._to_device(self._sites(X[i:i + batch_size]))
+        for i in range(0, images.shape[0], batch_size):
+            chains = self._to_device(self._sites(images[i:i + batch_size]))
             scores, log_scores, *_ = self._forward_backward(chains, None, False, domain)
             scores = to_numpy(scores)
             if log_scores is None:
@@ -523,9 +558,33 @@ class QCNN(Estimator):
             outs.append(scores)
             outs_la.append(log_scores[0])
             outs_sg.append(log_scores[1])
-        if log:
-            return np.concatenate(outs_la), np.concatenate(outs_sg)
-        return np.concatenate(outs).astype(np.float64)
+        la, sg = np.concatenate(outs_la), np.concatenate(outs_sg)
+        if with_scores:
+            return la, sg, np.concatenate(outs).astype(np.float64)
+        return la, sg
+
+    def _predict_index(self, images: np.ndarray, batch_size: Optional[int] = None) -> np.ndarray:
+        """argmax |alpha_y| (square loss, eq. 35) or argmax alpha_y (cross-entropy)."""
+        la, sg = self._decision_log(images, batch_size)
+        if self.loss == "square":
+            return np.argmax(la, axis=1)
+        # cross-entropy ranks signed scores; a per-sample shift keeps them in range
+        with np.errstate(invalid="ignore"):
+            shifted = la.astype(np.float64) - la.max(axis=1, keepdims=True)
+        return np.argmax(sg * np.exp(np.nan_to_num(shifted, nan=-np.inf)), axis=1)
+
+    def _log_proba(self, images: np.ndarray, batch_size: Optional[int] = None) -> np.ndarray:
+        """Cross-entropy: the softmax of the scores. Square loss: the Born rule,
+        ``p_y = alpha_y^2 / sum alpha^2`` (the class state's squared amplitudes)."""
+        la, sg = self._decision_log(images, batch_size)
+        la = la.astype(np.float64)
+        if self.loss == "square":
+            z = np.nan_to_num(2 * la, nan=-np.inf, neginf=-1e300)
+        else:  # scores past exp's range saturate; their ranking is kept
+            with np.errstate(over="ignore"):
+                z = sg * np.exp(np.minimum(np.nan_to_num(la, neginf=-1e300), 700.0))
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
     def layer_outputs(self, X: Any, batch_size: int = 256) -> Dict[str, np.ndarray]:
         """Per-image representation at every layer, in the arithmetic :meth:`predict` uses.
@@ -563,16 +622,6 @@ class QCNN(Estimator):
 
         return gather_layer_outputs(X.shape[0], batch_size, forward)
 
-    def predict(self, X: Any, batch_size: int = 256) -> np.ndarray:
-        """Labels: argmax |alpha_y| (square loss, eq. 35) or argmax alpha_y (cross-entropy)."""
-        la, sg = self.decision_function(X, batch_size=batch_size, log=True)
-        if self.loss == "square":
-            return np.argmax(la, axis=1)
-        # cross-entropy ranks signed scores; a per-sample shift keeps them in range
-        with np.errstate(invalid="ignore"):
-            shifted = la.astype(np.float64) - la.max(axis=1, keepdims=True)
-        return np.argmax(sg * np.exp(np.nan_to_num(shifted, nan=-np.inf)), axis=1)
-
     # ------------------------------------------------------------------- checkpoints
     def _state_arrays(self) -> Dict[str, np.ndarray]:
         arrays = {}
@@ -591,7 +640,7 @@ class QCNN(Estimator):
         for name in ("weights_", "gammas_", "betas_", "running_means_", "running_vars_"):
             setattr(self, name, [arrays[f"{name}{l}"] for l in range(self.n_levels_ + 1)])
         for l, w in enumerate(self.weights_):
-            d_out = dims[l + 1] if l < self.n_levels_ else self.n_classes
+            d_out = dims[l + 1] if l < self.n_levels_ else self.n_classes_
             d_out *= self._weight_copies(l)
             if w.shape != (d_out, dims[l]):
                 raise ValueError(f"checkpoint: weights_{l} has shape {w.shape}, expected "

@@ -21,7 +21,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._validate import check_choice, check_dtype, check_finite, check_float_array, check_positive_int
+from sklearn.utils import ClassifierTags, RegressorTags
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets
+
+from .._validate import check_choice, check_dtype, check_finite, check_positive_int, check_real_array
 from ..backend import array_module, to_numpy
 from ..ops.svd_truncate import svd_truncate
 from ..train import AdamW
@@ -49,6 +53,22 @@ def _as_layers(layers: Sequence[Any]) -> List[Layer]:
     if not out:
         raise ValueError("layers: expected at least one layer, got none")
     return out
+
+
+def default_layers(n_features: int, n_classes: int) -> List[Dict[str, Any]]:
+    """The classifier that ``TNN(layers=None)`` builds for ``n_features`` inputs and
+    ``n_classes`` classes: one ReLU ``TNLayer`` of width ``2^m`` (``m`` sites of 2 x 2
+    cores, bond dimension 4), then a softmax ``Dense`` head. Inputs whose width is not a
+    power of two (or below 4) first go through a frozen ``Dense`` to the next one (a fixed
+    random linear map, which loses nothing when it widens)."""
+    width = max(1 << (int(n_features) - 1).bit_length(), 4)
+    sites = width.bit_length() - 1
+    layers: List[Layer] = []
+    if width != n_features:
+        layers.append(Dense(width, trainable=False))
+    layers += [TNLayer(width, n_sites=sites, bond_dim=4, activation="relu"),
+               Dense(int(n_classes), activation="softmax")]
+    return [layer.get_config() for layer in layers]
 
 
 class _Fused:
@@ -112,14 +132,13 @@ class TNN(Estimator):
 
     _FITTED_ATTR = "n_features_in_"
 
-    def __init__(self, layers: Sequence[Any] = (), loss: str = "auto", solver: str = "adam",
+    def __init__(self, layers: Optional[Sequence[Any]] = None, loss: str = "auto", solver: str = "adam",
                  schedule: str = "pal", lr: float = 0.01, sweep_lr: float = 0.1,
                  sweep_step: str = "plain",
                  cutoff: float = 0.0, epochs: int = 100, batch_size: Optional[int] = None,
                  dtype: Any = "float64", random_state: Optional[int] = None, verbose: int = 0,
                  sweep_engine: str = "auto", device: str = "cpu"):
-        self.layers = [l.get_config() if isinstance(l, Layer) else dict(l) for l in
-                       _as_layers(layers)] if len(layers) else []
+        self.layers = layers
         self.loss = loss
         self.solver = solver
         self.schedule = schedule
@@ -136,9 +155,15 @@ class TNN(Estimator):
         self.device = device
 
     # -- configuration ------------------------------------------------------------------
+    def _configs(self) -> Optional[List[Dict[str, Any]]]:
+        """The ``layers`` parameter as fresh config dicts (None: the default stack, built
+        in ``fit`` from the data)."""
+        if self.layers is None:
+            return None
+        return [l.get_config() for l in _as_layers(self.layers)]
+
     def _check_config(self) -> None:
-        if not self.layers:
-            raise ValueError("layers: expected at least one layer, got none")
+        self._configs()
         check_choice("loss", self.loss, LOSSES)
         check_choice("solver", self.solver, SOLVERS)
         check_choice("schedule", self.schedule, SCHEDULES)
@@ -158,8 +183,13 @@ class TNN(Estimator):
         if not (isinstance(self.cutoff, (int, float)) and 0 <= self.cutoff < 1):
             raise ValueError(f"cutoff: expected a number in [0, 1), got {self.cutoff!r}")
 
-    def _task(self) -> str:
-        last = self.layers[-1]
+    def _task(self, configs: Optional[List[Dict[str, Any]]]) -> str:
+        if configs is None:  # the default stack classifies
+            if self.loss == "mse":
+                raise ValueError("loss: 'mse' needs layers ending in a regression output; "
+                                 "layers=None builds a classifier")
+            return "classification"
+        last = configs[-1]
         if self.loss == "mse":
             return "regression"
         if self.loss == "cross_entropy" or last["activation"] in ("softmax", "sigmoid"):
@@ -174,7 +204,7 @@ class TNN(Estimator):
 
     def _build(self, n_in: int, rng: np.random.Generator) -> None:
         dtype = np.dtype(self.dtype)
-        self.layers_ = _as_layers(self.layers)
+        self.layers_ = [layer_from_config(c) for c in self.layer_configs_]
         for layer in self.layers_:
             layer.build(n_in, rng, dtype)
             n_in = layer.units
@@ -264,8 +294,16 @@ class TNN(Estimator):
         epochs = check_positive_int("epochs", epochs if epochs is not None else self.epochs)
         fitted = warm_start and getattr(self, "n_features_in_", None) is not None
         X = self._check_X(X, fitted=fitted)
-        self.task_ = self._task()
-        y_t = self._check_y(y, X.shape[0], fitted=fitted)
+        if fitted:
+            y_t = self._check_y(y, X.shape[0], self.task_, self.layer_configs_[-1], fitted)
+        else:
+            configs = self._configs()
+            task = self._task(configs)
+            y_t = self._check_y(y, X.shape[0], task, None if configs is None else configs[-1],
+                                fitted)
+            self.task_ = task
+            self.layer_configs_ = configs if configs is not None else default_layers(
+                X.shape[1], len(self.classes_))
         # a warm-started sweep may need no random numbers (whole-set batches): made on demand
         rng = np.random.default_rng(self.random_state) if not fitted or self.solver != "sweep" \
             else None
@@ -281,23 +319,26 @@ class TNN(Estimator):
         return self
 
     def _check_X(self, X: Any, fitted: bool) -> np.ndarray:
-        X = check_float_array("X", X, ndim=2)
+        X = check_real_array("X", X, ndim=2)
         if X.shape[0] == 0:
             raise ValueError("X: expected at least one sample, got 0")
         check_finite("X", X)
         if fitted and X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X: expected {self.n_features_in_} features (as in fit), got "
-                             f"{X.shape[1]}")
+            raise ValueError(f"X has {X.shape[1]} features, but TNN is expecting "
+                             f"{self.n_features_in_} features as input")
         return np.ascontiguousarray(X, dtype=np.dtype(self.dtype))
 
-    def _check_y(self, y: Any, n: int, fitted: bool = True) -> np.ndarray:
+    def _check_y(self, y: Any, n: int, task: str, last: Optional[Dict[str, Any]],
+                 fitted: bool = True) -> np.ndarray:
         """Targets as float64 (regression) or class indices into ``classes_``, which a
-        fresh fit sets and a warm start keeps."""
+        fresh fit sets and a warm start keeps. ``last`` is the last layer's config (None:
+        the default stack, sized from the classes)."""
         y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1 and task == "classification":
+            y = y[:, 0]  # a column of labels
         if y.shape[0:1] != (n,):
             raise ValueError(f"y: expected {n} targets (one per sample), got shape {y.shape}")
-        last = self.layers[-1]
-        if self.task_ == "regression":
+        if task == "regression":
             if y.dtype.kind not in "fiu":
                 raise TypeError(f"y: expected numeric regression targets, got dtype {y.dtype}")
             y = y.astype(np.float64)
@@ -307,7 +348,9 @@ class TNN(Estimator):
                 raise ValueError(f"y: expected {last['units']} target value(s) per sample (the "
                                  f"last layer's units), got {width}")
             return y
-        if fitted and y.ndim == 1 and y.dtype.kind in "iu" and self.classes_.dtype.kind in "iu":
+        if y.ndim != 1:
+            raise ValueError(f"y: expected a 1-dimensional array of labels, got shape {y.shape}")
+        if fitted and y.dtype.kind in "iu" and self.classes_.dtype.kind in "iu":
             # warm start with integer labels: every label one of classes_ is all there is to
             # check (a sort of y by np.unique costs more than a sweep of a small model)
             c = len(self.classes_)
@@ -318,12 +361,17 @@ class TNN(Estimator):
                 idx = np.minimum(np.searchsorted(self.classes_, y), c - 1)
                 if np.array_equal(self.classes_[idx], y):
                     return idx.astype(np.int64)
-        classes, idx = np.unique(y, return_inverse=True)
-        n_classes = 2 if last["units"] == 1 else last["units"]
-        if len(classes) > n_classes:
-            raise ValueError(f"y: the last layer has {last['units']} unit(s), room for "
-                             f"{n_classes} classes, got {len(classes)} distinct labels")
+        check_classification_targets(y)
+        classes = np.unique(y)
+        if last is not None:
+            n_classes = 2 if last["units"] == 1 else last["units"]
+            if len(classes) > n_classes:
+                raise ValueError(f"y: the last layer has {last['units']} unit(s), room for "
+                                 f"{n_classes} classes, got {len(classes)} distinct labels")
         if not fitted:
+            if len(classes) < 2:
+                raise ValueError(f"y: expected at least 2 classes to classify, got 1 class "
+                                 f"({classes.tolist()[:1]})")
             self.classes_ = classes
         elif not set(classes.tolist()) <= set(self.classes_.tolist()):
             extra = sorted(set(classes.tolist()) - set(self.classes_.tolist()))
@@ -471,51 +519,72 @@ class TNN(Estimator):
         return float(np.mean(losses))
 
     # -- prediction ---------------------------------------------------------------------
-    def _check_fitted(self) -> None:
-        if getattr(self, "n_features_in_", None) is None:
-            raise ValueError("TNN is not fitted yet; call fit first")
+    def _is_classifier(self) -> bool:
+        try:
+            task = getattr(self, "task_", None) or self._task(self._configs())
+        except (TypeError, ValueError, KeyError):
+            task = "classification"
+        return task == "classification"
 
-    def decision_function(self, X: Any) -> np.ndarray:
-        """Network outputs before the final softmax/sigmoid (classification) or the
-        predictions (regression), ``(n, units)``, a NumPy array."""
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        if self._is_classifier():
+            tags.estimator_type = "classifier"
+            tags.classifier_tags = ClassifierTags()
+            tags.regressor_tags = None
+        else:
+            tags.estimator_type = "regressor"
+            tags.regressor_tags = RegressorTags()
+            tags.classifier_tags = None
+        return tags
+
+    def _outputs(self, X: Any) -> np.ndarray:
+        """Network outputs ``(n, units)`` before a final softmax/sigmoid."""
         self._check_fitted()
         X = self._check_X(X, fitted=True)
         return to_numpy(self._forward(self._to_device(X))[0])
 
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Classification: the scores before the final softmax, ``(n, n_classes)``, or
+        for two classes the margin of the second over the first ``(n,)`` (scikit-learn's
+        convention). Regression: the predictions ``(n, units)``."""
+        out = self._outputs(X)
+        if self.task_ == "classification" and out.shape[1] <= 2:
+            return out[:, 0] if out.shape[1] == 1 else out[:, 1] - out[:, 0]
+        return out
+
+    @available_if(_is_classifier)
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities ``(n, n_classes)``."""
-        self._check_fitted()
-        if self.task_ != "classification":
-            raise ValueError("predict_proba: this TNN is a regressor (its output is not a "
-                             "softmax or sigmoid)")
-        z = self.decision_function(X)
+        """Class probabilities ``(n, n_classes)``, columns in the order of ``classes_``."""
+        z = self._outputs(X).astype(np.float64)
         if z.shape[1] == 1:
-            p = activation_forward("sigmoid", z.astype(np.float64))
+            p = activation_forward("sigmoid", z)
             return np.hstack([1 - p, p])
-        return activation_forward("softmax", z.astype(np.float64))
+        return activation_forward("softmax", z)
+
+    @available_if(_is_classifier)
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """Logarithms of :meth:`predict_proba`."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
 
     def predict(self, X: Any) -> np.ndarray:
         """Class labels (classification) or predicted values (regression)."""
-        self._check_fitted()
-        out = self.decision_function(X)
+        out = self._outputs(X)
         if self.task_ == "classification":
             idx = (out[:, 0] > 0).astype(np.int64) if out.shape[1] == 1 else out.argmax(axis=1)
             return self.classes_[idx]
         return out[:, 0] if out.shape[1] == 1 else out
 
-    def score(self, X: Any, y: Any) -> float:
-        """Accuracy (classification) or the coefficient of determination R^2 (regression)."""
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Accuracy (classification) or the coefficient of determination R^2 (regression),
+        as scikit-learn's ``accuracy_score`` / ``r2_score`` (which check ``y``)."""
+        from sklearn.metrics import accuracy_score, r2_score
+
         pred = self.predict(X)
-        y = np.asarray(y)
-        if y.shape[0] != pred.shape[0]:
-            raise ValueError(f"y: expected {pred.shape[0]} targets (one per sample), got shape "
-                             f"{y.shape}")
         if self.task_ == "classification":
-            return float(np.mean(pred == y))
-        y = y.astype(np.float64).reshape(pred.shape)
-        ss_res = float(np.sum((y - pred) ** 2))
-        ss_tot = float(np.sum((y - y.mean(axis=0)) ** 2))
-        return 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
+            return float(accuracy_score(y, pred, sample_weight=sample_weight))
+        return float(r2_score(y, pred, sample_weight=sample_weight))
 
     def compress(self, index: int, bond_dim: int, n_sites: int = 6,
                  cutoff: float = 0.0) -> "TNN":
@@ -536,10 +605,11 @@ class TNN(Estimator):
         tn = TNLayer.from_dense(to_numpy(dense.w), bond_dim, n_sites,
                                 to_numpy(dense.b) if dense.use_bias else None,
                                 dense.activation, cutoff=cutoff)
-        configs = list(self.layers)
+        configs = list(self.layer_configs_)
         configs[index] = tn.get_config()
         new = TNN(configs, **{k: v for k, v in self.get_params().items() if k != "layers"})
         new.task_ = self.task_
+        new.layer_configs_ = configs
         new.layers_ = [tn if j == index else copy.deepcopy(layer)
                        for j, layer in enumerate(self.layers_)]
         new.n_features_in_ = self.n_features_in_
@@ -587,6 +657,7 @@ class TNN(Estimator):
 
     def _state_meta(self) -> Dict[str, Any]:
         meta = {"n_features_in": self.n_features_in_, "task": self.task_,
+                "layer_configs": self.layer_configs_,
                 "history": [{k: v for k, v in r.items()} for r in self.history_]}
         if self.task_ == "classification":
             meta["classes"] = self.classes_.tolist()
@@ -606,7 +677,11 @@ class TNN(Estimator):
 
     def _set_state(self, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> None:
         self.task_ = meta["task"]
-        self.layers_ = _as_layers(self.layers)
+        configs = meta.get("layer_configs") or self._configs()
+        if not configs:
+            raise ValueError("checkpoint: holds no layer configuration")
+        self.layer_configs_ = [layer_from_config(c).get_config() for c in configs]
+        self.layers_ = [layer_from_config(c) for c in self.layer_configs_]
         n_in = meta["n_features_in"]
         for j, layer in enumerate(self.layers_):
             params = [arrays[f"layer{j}_{name}"] for name in layer.param_names()]

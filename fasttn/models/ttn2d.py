@@ -40,7 +40,8 @@ from ..train import AdamW, StepLR
 from ..train.loop import fit_loop
 from ..train.losses import cross_entropy_loss, n_correct
 from ..train.stiefel import isometry_error
-from .base import Estimator, register
+from .base import register
+from .classifier import ImageClassifier, next_power_of_two
 from .layer_outputs import gather_layer_outputs
 
 TOPS = ("multiclass", "ovr")
@@ -49,12 +50,15 @@ _SWEEP_CHUNK = 1024  # images per environment pass: bounds the memory of a sweep
 
 
 @register
-class TTN2D(Estimator):
-    """Tree tensor network on square images whose side is a power of 2.
+class TTN2D(ImageClassifier):
+    """Tree tensor network. The network runs on square images whose side is a power of 2
+    (at least 2); other images are zero-padded, centred, to the next such square.
 
     Parameters
     ----------
-    n_classes : int
+    n_classes : int, optional
+        Number of class outputs; None (default) takes the classes from ``y`` in ``fit``
+        (see :class:`QCNN`).
     chi : int or sequence of int
         Bond dimension of the output sites of every level but the last (one value, or one per
         level from the bottom).
@@ -71,6 +75,9 @@ class TTN2D(Estimator):
     init_scale : float
         Gaussian initialisation, each tensor then made an isometry (its polar factor) and
         multiplied by ``init_scale``.
+    image_shape, input_scaling, early_stopping, validation_fraction, n_iter_no_change
+        Input layout, pixel scaling and early stopping, as for :class:`QCNN` (early
+        stopping scores every Adam epoch or sweep).
     dtype : {"float32", "float64"}
     device : {"cpu", "cuda"}
         Where training and inference run (both solvers). ``"cuda"`` keeps the weights and
@@ -83,10 +90,13 @@ class TTN2D(Estimator):
     _FITTED_ATTR = "weights_"
     _DEVICE_STATE = ("weights_",)
 
-    def __init__(self, n_classes: int = 10, chi: Union[int, Sequence[int]] = 4, d: int = 2,
+    def __init__(self, n_classes: Optional[int] = None, chi: Union[int, Sequence[int]] = 4, d: int = 2,
                  top: str = "multiclass", solver: str = "adam", lr: float = 0.01,
                  weight_decay: float = 0.0, lr_step: int = 10, lr_gamma: float = 0.5,
                  batch_size: int = 64, epochs: int = 10, init_scale: float = 1.0,
+                 image_shape: Optional[Tuple[int, int]] = None, input_scaling: str = "auto",
+                 early_stopping: bool = True, validation_fraction: float = 0.1,
+                 n_iter_no_change: int = 3,
                  dtype: str = "float32", device: str = "cpu",
                  random_state: Optional[int] = None, verbose: int = 0):
         self.n_classes = n_classes
@@ -101,6 +111,11 @@ class TTN2D(Estimator):
         self.batch_size = batch_size
         self.epochs = epochs
         self.init_scale = init_scale
+        self.image_shape = image_shape
+        self.input_scaling = input_scaling
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
         self.dtype = dtype
         self.device = device
         self.random_state = random_state
@@ -116,6 +131,10 @@ class TTN2D(Estimator):
         self._check_device()
         check_per_level("chi", self.chi)
 
+    def _network_shape(self, height: int, width: int) -> Tuple[int, int]:
+        side = max(next_power_of_two(max(height, width)), 2)
+        return side, side
+
     def _setup(self, image_shape: Tuple[int, int]) -> None:
         h, w = image_shape
         if h != w or h < 2 or h & (h - 1):
@@ -126,10 +145,9 @@ class TTN2D(Estimator):
                                f" below the top for {h}x{w} images")
         self.image_shape_ = (h, w)
         self.n_levels_ = levels
-        self.n_trees_ = self.n_classes if self.top == "ovr" else 1
-        d_top = 2 if self.top == "ovr" else self.n_classes
+        self.n_trees_ = self.n_classes_ if self.top == "ovr" else 1
+        d_top = 2 if self.top == "ovr" else self.n_classes_
         self.site_dims_ = [int(self.d)] + chis + [d_top]  # site dimension entering each level
-        self.n_features_in_ = h * w
 
     def _weight_shape(self, level: int) -> Tuple[int, ...]:
         side = self.image_shape_[0] >> (level + 1)
@@ -193,7 +211,7 @@ class TTN2D(Estimator):
         out = out.astype(np.float64)
         if self.top == "ovr":
             return out[:, :, 0, 1] - out[:, :, 0, 0]
-        return out.reshape(out.shape[0], self.n_classes)
+        return out.reshape(out.shape[0], self.n_classes_)
 
     def _loss(self, out: np.ndarray, y: np.ndarray) -> Tuple[float, np.ndarray]:
         """Mean softmax cross-entropy (summed over the binary trees with ``ovr``) and its
@@ -205,7 +223,7 @@ class TTN2D(Estimator):
             yes = (y[:, None] == trees).astype(np.int64).reshape(-1)
             loss, g = cross_entropy_loss(pairs, yes)
             return loss * self.n_trees_, (g * self.n_trees_).reshape(out.shape)
-        loss, g = cross_entropy_loss(out.reshape(n, self.n_classes), y)
+        loss, g = cross_entropy_loss(out.reshape(n, self.n_classes_), y)
         return loss, g.reshape(out.shape)
 
     def _target(self, y: np.ndarray, dtype) -> np.ndarray:
@@ -218,7 +236,7 @@ class TTN2D(Estimator):
             t[:, :, 0, 1] = y[:, None] == xp.arange(self.n_trees_)
             t[:, :, 0, 0] = 1 - t[:, :, 0, 1]
             return t
-        t = xp.zeros((n, 1, 1, self.n_classes), dtype)
+        t = xp.zeros((n, 1, 1, self.n_classes_), dtype)
         t[xp.arange(n), 0, 0, y] = 1
         return t
 
@@ -245,11 +263,9 @@ class TTN2D(Estimator):
         squared singular values, the spectrum each update keeps), accuracy, seconds, and
         ``val_accuracy`` with ``validation_data``).
         """
-        X, y, epochs, batch_size, rng = self._start_fit(X, y, epochs, batch_size, warm_start)
-        hooks = []
-        if validation_data is not None:
-            Xv, yv = validation_data
-            hooks.append(lambda epoch, rec: {"val_accuracy": self.score(Xv, yv)})
+        X, y, epochs, batch_size, rng, monitor = self._start_fit(
+            X, y, epochs, batch_size, warm_start, validation_data)
+        hooks = [] if monitor is None else [monitor]
         start = len(self.history_)
         if self.solver == "sweep":
             hist = self._fit_sweeps(X, y, epochs, hooks)
@@ -269,6 +285,7 @@ class TTN2D(Estimator):
         for rec in hist:
             rec["epoch"] += start
         self.history_.extend(hist)
+        self._finish_fit(monitor)
         return self
 
     def _batch_to_device(self, X: np.ndarray, y: Optional[np.ndarray] = None):
@@ -283,7 +300,7 @@ class TTN2D(Estimator):
         summed over the images (float64 NumPy array, the shape of the level's weights)."""
         self._check_fitted()
         X = self._check_X(X, fitted=True)
-        return to_numpy(self._environments(X, np.asarray(y, np.int64), level))
+        return to_numpy(self._environments(X, self._class_indices(y, X.shape[0]), level))
 
     def _environments(self, X: np.ndarray, y: np.ndarray, level: int) -> Any:
         """:meth:`environments` on the weights' device, chunk by chunk."""
@@ -318,10 +335,13 @@ class TTN2D(Estimator):
                       "seconds": time.perf_counter() - t0}
             for fn in hooks:
                 record.update(fn(sweep, record) or {})
+            stop = bool(record.pop("stop", False))
             history.append(record)
             if self.verbose > 0:
                 tqdm.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                      for k, v in record.items()), file=sys.stdout)
+            if stop:
+                break
         return history
 
     def isometry_errors(self) -> List[float]:
@@ -334,32 +354,26 @@ class TTN2D(Estimator):
         return errs
 
     # ------------------------------------------------------------------------ public
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "weights_"):
-            raise ValueError(f"{type(self).__name__} is not fitted yet; call fit first")
-
-    def _batched(self, X: Any, batch_size: int, fn) -> np.ndarray:
-        """``fn`` of each batch on the model's device, gathered on the host."""
-        self._check_fitted()
-        X = self._check_X(X, fitted=True)
+    def _batched(self, X: np.ndarray, batch_size: int, fn) -> np.ndarray:
+        """``fn`` of each batch of network images on the model's device, gathered on the
+        host."""
         check_positive_int("batch_size", batch_size)
         return np.concatenate([to_numpy(fn(self._batch_to_device(X[i:i + batch_size])))
                                for i in range(0, X.shape[0], batch_size)])
 
-    def decision_function(self, X: Any, batch_size: int = 256) -> np.ndarray:
-        """Class scores ``(n, n_classes)``: the top output (``ovr``: each tree's "yes"
+    def _decision(self, images: np.ndarray, batch_size: Optional[int] = None) -> np.ndarray:
+        """Class scores ``(n, n_classes_)``: the top output (``ovr``: each tree's "yes"
         minus its "no"), of the network divided by ``exp(log_scale)`` per image."""
-        return self._batched(X, batch_size, lambda b: self._scores(self._forward(b)[0]))
+        return self._batched(images, batch_size or 256,
+                             lambda b: self._scores(self._forward(b)[0]))
 
     def log_scale(self, X: Any, batch_size: int = 256) -> np.ndarray:
         """Log of the factor the normalisations divided out: ``(n,)``, or ``(n, n_classes)``
         with ``ovr`` (one factor per tree). The exact network's top output is the
         normalised one times ``exp(log_scale)``."""
-        return self._batched(X, batch_size, lambda b: self._forward(b)[3])
-
-    def predict(self, X: Any, batch_size: int = 256) -> np.ndarray:
-        """Labels: argmax of the class scores."""
-        return np.argmax(self.decision_function(X, batch_size), axis=1)
+        self._check_fitted()
+        return self._batched(self._check_X(X, fitted=True), batch_size,
+                             lambda b: self._forward(b)[3])
 
     def layer_outputs(self, X: Any, batch_size: int = 256) -> Dict[str, np.ndarray]:
         """Each layer's representation of every image, flattened, float64.

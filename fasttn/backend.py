@@ -61,9 +61,18 @@ def num_threads() -> int:
 
 _CPU_COUNT = os.cpu_count() or 1
 
+# The CPU kernels cut their work (row chunks, sample ranges, image groups) for this many
+# threads, whatever the number that runs it: the chunk boundaries, and with them the order
+# of every partial sum, depend only on the problem's size, so that a result is the same to
+# the bit for any FASTTN_NUM_THREADS or NUMBA_NUM_THREADS (and on any machine with the same
+# libraries). Large problems are cut by cache size long before this count matters; small
+# ones get enough chunks to keep up to this many cores busy.
+PARTITION_THREADS = 8
+
 
 class _KernelBLAS:
-    """One BLAS thread under fasttn's CPU kernels, set once and left so.
+    """One BLAS thread under fasttn's CPU kernels, set once and left so; Numba's threads
+    capped at ``FASTTN_NUM_THREADS`` while a kernel runs, where that is set.
 
     The kernels parallelise over row chunks with Numba and call BLAS once per chunk from each
     worker; a multi-threaded BLAS underneath would put two thread pools on the same cores.
@@ -75,12 +84,18 @@ class _KernelBLAS:
     Only the library Numba's ``np.dot`` calls (SciPy's BLAS, through
     ``scipy.linalg.cython_blas``) is set; NumPy's own BLAS keeps its threads for the user's
     code. Where one library serves both, both are set.
+
+    Numba's thread count is per calling thread and costs nothing to change, so it is set on
+    entry and restored on exit (the user's own parallel functions keep theirs). The kernels
+    cut their work by :data:`PARTITION_THREADS`, not by this count: it changes the speed,
+    never the result.
     """
 
     def __init__(self):
         import threading
 
         self._lock = threading.Lock()
+        self._local = threading.local()  # Numba thread counts to restore, per thread
         self.pinned = None  # filepaths of the libraries set to one thread
 
     def pin(self) -> None:
@@ -103,10 +118,43 @@ class _KernelBLAS:
 
     def __enter__(self):
         self.pin()
+        saved = getattr(self._local, "saved", None)
+        if saved is None:
+            saved = self._local.saved = []
+        limit = _numba_thread_limit()
+        if limit is None:
+            saved.append(None)
+        else:
+            import numba
+
+            saved.append(numba.get_num_threads())
+            numba.set_num_threads(limit)
         return self
 
     def __exit__(self, *exc):
+        previous = self._local.saved.pop()
+        if previous is not None:
+            import numba
+
+            numba.set_num_threads(previous)
         return False
+
+
+def _numba_thread_limit():
+    """``FASTTN_NUM_THREADS`` within Numba's pool size, or None when it is not set."""
+    env = os.environ.get("FASTTN_NUM_THREADS")
+    if not env or os.environ.get("FASTTN_DISABLE_JIT", "") not in ("", "0"):
+        return None
+    import numba
+
+    try:
+        n = int(env)
+    except ValueError:
+        raise ValueError(f"FASTTN_NUM_THREADS: expected a positive integer, got {env!r}") \
+            from None
+    if n < 1:
+        raise ValueError(f"FASTTN_NUM_THREADS: expected a positive integer, got {env!r}")
+    return min(n, numba.config.NUMBA_NUM_THREADS)
 
 
 _KERNEL_BLAS = _KernelBLAS()
@@ -114,7 +162,8 @@ _KERNEL_BLAS = _KernelBLAS()
 
 def kernel_threads() -> _KernelBLAS:
     """Context for fasttn's CPU kernels: the BLAS they call runs on one thread (set on first
-    use, then left so; see :class:`_KernelBLAS`)."""
+    use, then left so), and Numba on at most ``FASTTN_NUM_THREADS`` threads (see
+    :class:`_KernelBLAS`)."""
     return _KERNEL_BLAS
 
 

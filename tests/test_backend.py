@@ -1,6 +1,7 @@
 import gc
 
 import numpy as np
+import pytest
 
 from fasttn.backend import _BufferPool, kernel_threads
 
@@ -40,3 +41,31 @@ def test_kernel_blas_runs_on_one_thread():
     for lib in ThreadpoolController().lib_controllers:
         if lib.filepath in pinned:
             assert lib.num_threads == 1
+
+
+def test_fasttn_num_threads_caps_numba_inside_kernels_only(monkeypatch):
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one Numba thread: nothing to cap")
+    outside = numba.get_num_threads()
+    monkeypatch.setenv("FASTTN_NUM_THREADS", "1")
+    with kernel_threads():
+        assert numba.get_num_threads() == 1
+        with kernel_threads():  # nested: still capped, then back to the outer cap
+            assert numba.get_num_threads() == 1
+        assert numba.get_num_threads() == 1
+    assert numba.get_num_threads() == outside
+    monkeypatch.setenv("FASTTN_NUM_THREADS", "10000")  # at most the pool Numba started
+    with kernel_threads():
+        assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    monkeypatch.delenv("FASTTN_NUM_THREADS")
+    with kernel_threads():
+        assert numba.get_num_threads() == outside
+    monkeypatch.setenv("FASTTN_NUM_THREADS", "zero")
+    with pytest.raises(ValueError, match="FASTTN_NUM_THREADS: expected a positive integer"):
+        with kernel_threads():
+            pass
+    monkeypatch.delenv("FASTTN_NUM_THREADS")
+    with kernel_threads():  # a failed entry left nothing behind
+        assert numba.get_num_threads() == outside

@@ -203,12 +203,11 @@ def test_divergence_is_reported_as_on_the_python_path():
                                   "tanh, sigmoid output", "sigmoid units, softmax",
                                   "linear, mse"])
 def test_data_pass_cut_into_sample_ranges(monkeypatch, case):
-    # The cases' batches (50-200 samples) are below one range per thread; with 24 samples
-    # per range and three threads every data pass runs as two or three ranges whose gradient
-    # sums and loss terms are added, and must give what the Python path gives.
+    # The cases' batches (50-200 samples) are below two ranges of MIN_PART; with 24 samples
+    # per range every data pass runs as two to MAX_PARTS ranges whose gradient sums and loss
+    # terms are added, and must give what the Python path gives.
     from fasttn.train import pal_compiled as pc
     monkeypatch.setattr(pc, "MIN_PART", 24)
-    monkeypatch.setenv("FASTTN_NUM_THREADS", "3")
     layers, (X, y), kw = CASES[case]
     fast, ref = fit_both(layers, X, y, epochs=3, **kw)
     assert_same(fast, ref, F64)

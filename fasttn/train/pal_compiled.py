@@ -26,9 +26,11 @@ four, vectorised over samples; softmax with an ``exp`` written to vectorise; for
 linear units the gradients from one BLAS product (``_backward_piecewise``), for smooth
 units accumulated over samples in groups of four, vectorised over units. Wide inputs
 (``P > P_SMALL``) take the input products through BLAS. No fast-math flags anywhere: sums
-are only regrouped explicitly. The batch is cut into one sample range per thread (at least
-``MIN_PART`` samples each), each range's data pass runs on its own thread with its own
-gradient sums, and the ranges' sums are added; everything else in a sweep is sequential
+are only regrouped explicitly. The batch is cut into sample ranges (at least ``MIN_PART``
+samples each, at most :data:`fasttn.backend.PARTITION_THREADS` of them: the cut depends on
+the batch size alone, so the result does not depend on the thread count), each range's
+data pass runs on its own thread with its own gradient sums, and the ranges' sums are added
+in order; everything else in a sweep is sequential
 (at D = 12 and 600 samples this takes the data pass from 35 to 25 us per bond update on two
 cores).
 
@@ -50,6 +52,7 @@ from numba.np.unsafe.ndarray import to_fixed_tuple
 
 from .._numba import _DISABLED as _JIT_DISABLED
 from .._numba import njit, prange, timestamp
+from ..backend import PARTITION_THREADS
 from ..ops.mpo import kernels as mk
 from ..ops.svd_truncate.subspace import svd_split_kernel
 
@@ -57,7 +60,7 @@ if _JIT_DISABLED:  # FASTTN_DISABLE_JIT: the kernels run as plain Python
     def to_fixed_tuple(a, n):  # noqa: F811
         return tuple(a[:n])
 
-__all__ = ["ACTIVATION_CODES", "LOSS_CODES", "MIN_PART", "P_SMALL", "PROF_PARTS",
+__all__ = ["ACTIVATION_CODES", "LOSS_CODES", "MAX_PARTS", "MIN_PART", "P_SMALL", "PROF_PARTS",
            "compile_time_args",
            "pal_sweep", "refresh_envs", "work_size"]
 
@@ -570,9 +573,12 @@ if not _JIT_DISABLED:
         return impl
 
 
-# Fewest samples per thread of a data pass (pal_sweep's ``min_part``): a parallel region
+# Fewest samples per range of a data pass (pal_sweep's ``min_part``): a parallel region
 # costs several microseconds to open, about the work of this many samples at 64 units.
 MIN_PART = 128
+# Most ranges of a data pass: a fixed count (not the threads running), so that the ranges'
+# gradient sums, and with them the result, are the same for any thread count.
+MAX_PARTS = PARTITION_THREADS
 
 
 @njit
@@ -896,8 +902,10 @@ def pal_sweep(kp, kc, kv, ka, f1, f1t, yi, yf, batch_idx, batch_ptr, ahat, cores
     prof : (len(PROF_PARTS),) int64, or empty
         When given, cycle-counter ticks spent in each part are added to it.
     threads, min_part : int
-        The data pass runs on up to ``threads`` threads, one sample range each, of at least
-        ``min_part`` samples (:data:`MIN_PART`); the rest of a sweep runs on one.
+        The data pass runs on up to :data:`MAX_PARTS` sample ranges in parallel, of at
+        least ``min_part`` samples each (:data:`MIN_PART`); the rest of a sweep runs on one
+        thread. ``threads`` is not used: cut by the thread count, the ranges' sums would
+        make the result depend on it.
 
     Returns
     -------
@@ -951,8 +959,8 @@ def pal_sweep(kp, kc, kv, ka, f1, f1t, yi, yf, batch_idx, batch_ptr, ahat, cores
     w = np.empty((0 if ahat.shape[0] > 0 else u_in, u))
     g_w = np.empty((0 if ahat.shape[0] > 0 else u_in, u))
     f1b_buf = np.empty(0 if full else nb_max * P)
-    # the data pass runs on up to one sample range per thread (_data_pass_parts)
-    max_parts = max(1, min(threads, nb_max // min_part))
+    # the data pass runs on up to MAX_PARTS sample ranges in parallel (_data_pass_parts)
+    max_parts = max(1, min(MAX_PARTS, nb_max // min_part))
     offs = np.empty(max_parts + 1, np.int64)
     accp = np.empty((max_parts, C + P, u))
     res = np.empty((max_parts, 3))

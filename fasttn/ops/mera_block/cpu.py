@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..._numba import njit, prange
-from ...backend import kernel_threads, num_threads
+from ...backend import PARTITION_THREADS, kernel_threads
 
 # (row, column) of the sites in a block: the centre f g j k, then each quadrant's outer three
 CENTRE = ((1, 1), (1, 2), (2, 1), (2, 2))
@@ -219,8 +219,10 @@ def _backward(x, u1f, u1f_t, wf, wf_t, m, p, b, chi, g_out, rows, g_x, g_u1f, g_
 
 
 def _blocks_per_chunk(n_blocks: int) -> int:
-    """Blocks per chunk: long vectors for the leg loops and GEMMs, two chunks per thread."""
-    return max(1, min(128, -(-n_blocks // (2 * num_threads()))))
+    """Blocks per chunk: long vectors for the leg loops and GEMMs, two chunks per thread
+    (of :data:`~fasttn.backend.PARTITION_THREADS`: the per-chunk gradient sums must not
+    depend on the thread count)."""
+    return max(1, min(128, -(-n_blocks // (2 * PARTITION_THREADS))))
 
 
 def _fold_top(u2, top):

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from ..._numba import njit, prange
-from ...backend import kernel_threads, num_threads, workspace
+from ...backend import PARTITION_THREADS, kernel_threads, workspace
 
 _CHUNK_BYTES = 256 * 1024
 
@@ -36,14 +36,17 @@ def _gemm_rows(d_in: int, d_out: int) -> int:
 
 def _rows_per_chunk(n_rows: int, width: int, itemsize: int, window: int) -> int:
     """Rows per chunk: a few hundred KiB of output, a multiple of the window, and two
-    chunks per thread when that leaves each at least ``_MIN_CHUNK_ROWS`` rows."""
+    chunks per thread (of :data:`~fasttn.backend.PARTITION_THREADS`, not of those running:
+    the per-chunk sums must not depend on the thread count) when that leaves each at least
+    ``_MIN_CHUNK_ROWS`` rows."""
     rows = max(window, _CHUNK_BYTES // max(1, width * itemsize))
-    rows = min(rows, max(window, _MIN_CHUNK_ROWS, -(-n_rows // (2 * num_threads()))))
+    rows = min(rows, max(window, _MIN_CHUNK_ROWS, -(-n_rows // (2 * PARTITION_THREADS))))
     return max(window, rows - rows % window)
 
 
 def _chunks(n_rows: int) -> int:
-    return max(1, min(4 * num_threads(), -(-n_rows // 256)))
+    """Chunks of the column statistics' partial sums: a function of the size alone."""
+    return max(1, min(4 * PARTITION_THREADS, -(-n_rows // 256)))
 
 
 @njit(parallel=True)

@@ -6,15 +6,16 @@ tensors a plain loop is cheaper than the call). The backward recomputes ``K`` an
 tensor gradient as ``K^T g`` and the site gradients from ``g_K = g w^T`` by the product rule,
 contracting pairs of corners first (two p^4 passes instead of four).
 
-When there are fewer positions than threads (the top of the tree), images are split into
-groups that run in parallel, each with its own slice of the weight gradient, summed after.
+When there are few positions (the top of the tree), images are split into groups that run
+in parallel, each with its own slice of the weight gradient, summed after; how many depends
+on the sizes alone (:data:`fasttn.backend.PARTITION_THREADS`), never on the thread count.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..._numba import njit, prange
-from ...backend import kernel_threads, num_threads
+from ...backend import PARTITION_THREADS, kernel_threads
 
 _K_ELEMENTS = 1 << 16   # outer-product rows per task: K stays in the L2 cache
 _MAX_ROWS = 64
@@ -26,7 +27,10 @@ def _rows(p4: int, n: int) -> int:
 
 
 def _groups(n_pos: int, n: int) -> int:
-    threads = num_threads()
+    """Image groups per position: for the threads of
+    :data:`~fasttn.backend.PARTITION_THREADS`, not those running, so that the groups' weight
+    gradients are summed the same way for any thread count."""
+    threads = PARTITION_THREADS
     return 1 if n_pos >= 4 * threads else max(1, min(threads, n))
 
 

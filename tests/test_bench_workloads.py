@@ -142,3 +142,37 @@ def test_torch_layers_benchmark_models_agree():
         b.torch()
     finally:
         sys.path.remove(str(ROOT / "bench"))
+
+
+def test_suite_is_discovered_without_the_optional_extras():
+    """asv imports every benchmark module to list the suite: none may import PyTorch or CuPy
+    at import time, and the benchmarks that need them are skipped (``NotImplementedError``
+    from ``setup``)."""
+    import subprocess
+
+    code = f"""
+import importlib, importlib.abc, pkgutil, sys
+
+
+class WithoutExtras(importlib.abc.MetaPathFinder):  # as if the extras were not installed
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("torch", "cupy"):
+            raise ModuleNotFoundError(f"No module named {{name!r}}")
+        return None
+
+
+sys.meta_path.insert(0, WithoutExtras())
+sys.path.insert(0, {str(ROOT / "bench")!r})
+import benchmarks
+for info in pkgutil.iter_modules(benchmarks.__path__):
+    importlib.import_module("benchmarks." + info.name)
+from benchmarks.bench_torch import TorchQCNNTrainStep
+try:
+    TorchQCNNTrainStep().setup()
+except NotImplementedError as exc:
+    print("skipped:", exc)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "skipped: PyTorch is not installed" in out.stdout

@@ -227,5 +227,5 @@ def test_bad_input_names_the_argument(qcnn, data, rng, tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("openTSNE") is not None,
                     reason="openTSNE is installed")
 def test_opentsne_missing_says_how_to_install(rng):
-    with pytest.raises(ImportError, match="pip install openTSNE"):
+    with pytest.raises(ImportError, match=r"pip install 'fasttn\[opentsne\]'"):
         embed_layers({"a": rng.standard_normal((N, 3))}, perplexity=5, method="opentsne")

@@ -113,7 +113,7 @@ def _tsne_opentsne(x: np.ndarray, perplexity: float, random_state: int, max_iter
         import openTSNE
     except ImportError as exc:
         raise ImportError("method='opentsne' needs openTSNE, which is not installed: "
-                          "pip install openTSNE (or use method='sklearn')") from exc
+                          "pip install 'fasttn[opentsne]' (or use method='sklearn')") from exc
     tsne = openTSNE.TSNE(n_components=2, perplexity=perplexity, initialization="pca",
                          early_exaggeration_iter=_EARLY_EXAGGERATION_ITER,
                          n_iter=max(max_iter - _EARLY_EXAGGERATION_ITER, 1),

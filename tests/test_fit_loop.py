@@ -85,11 +85,13 @@ def test_a_later_compilation_restarts_the_clock_too(bars, capsys):
 
 
 def test_restart_clock_keeps_the_count():
-    with loop.tqdm(total=10, disable=False, file=io.StringIO()) as bar:
+    with loop.tqdm(total=10, disable=False, file=io.StringIO(), mininterval=0) as bar:
         bar.update(3)
-        loop.restart_clock(bar)
-        assert bar.n == 3
+        time.sleep(STALL)
+        loop.restart_clock(bar, advance=1)
+        assert bar.n == 4 and bar.format_dict["initial"] == 4
         bar.update(2)
-        assert bar.n == 5 and bar.format_dict["initial"] == 3
+        assert bar.n == 6 and bar.format_dict["elapsed"] < STALL
     with loop.tqdm(total=10, disable=True) as bar:
-        loop.restart_clock(bar)  # a disabled bar has no clock: nothing to do
+        loop.restart_clock(bar, advance=2)  # a disabled bar has no clock, only a count
+        assert bar.n == 2

@@ -61,9 +61,10 @@ def fit_loop(step: StepFn, n_samples: int, *, epochs: int, batch_size: int,
                                                  "lower the learning rate or use domain='log'")
                     loss_sum += loss * len(idx)
                     correct += n_ok
-                    bar.update(1)
                     if watch.count != compiled:
-                        restart_clock(bar)
+                        restart_clock(bar, advance=1)  # the step counts, its time does not
+                    else:
+                        bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4f}")
             seconds = time.perf_counter() - t0
             record = {"epoch": epoch + 1, "loss": loss_sum / n_samples,
@@ -82,12 +83,14 @@ def fit_loop(step: StepFn, n_samples: int, *, epochs: int, batch_size: int,
     return history
 
 
-def restart_clock(bar: tqdm) -> None:
-    """Restart ``bar``'s clock and rate average at its current count: the time already
-    spent (a step that compiled kernels) leaves its rate and remaining-time estimate."""
+def restart_clock(bar: tqdm, advance: int = 0) -> None:
+    """Advance ``bar`` by ``advance`` steps and restart its clock and rate average there:
+    the time already spent (a step that compiled kernels) leaves its rate and
+    remaining-time estimate."""
     if bar.disable:
+        bar.n += advance
         return
-    n = bar.n
+    n = bar.n + advance
     bar.reset()
     # tqdm's rate is (n - initial) / elapsed, its running average from last_print_n on
     bar.n = bar.last_print_n = bar.initial = n

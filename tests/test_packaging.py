@@ -64,3 +64,21 @@ def test_required_packages_are_not_only_in_extras():
         assert declared.get(dist) == "dependencies", dist
     assert declared["matplotlib"] != "dependencies"
     assert declared["torch"] == "[torch]" and declared["cupy-cuda12x"] == "[cuda]"
+
+
+def _setup_commands() -> list:
+    """The commands of the README's Set-up section, in order."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Set-up", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    return [line.strip() for block in blocks for line in block.splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+
+
+def test_ci_runs_the_readme_setup_commands_in_order():
+    commands = _setup_commands()
+    assert len(commands) >= 2
+    script = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    positions = [script.index(c) if c in script else -1 for c in commands]
+    assert -1 not in positions, f".ci/run does not run {commands[positions.index(-1)]!r}"
+    assert positions == sorted(positions), ".ci/run runs the README's commands out of order"

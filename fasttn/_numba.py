@@ -127,8 +127,6 @@ class compile_watch:
         self.announced = False
 
     def __enter__(self) -> "compile_watch":
-        if _DISABLED:
-            return self
         with compile_watch._lock:
             if compile_watch._listener is None:
                 compile_watch._listener = _register_listener()
@@ -139,9 +137,8 @@ class compile_watch:
         return self
 
     def __exit__(self, *exc) -> bool:
-        if not _DISABLED:
-            with compile_watch._lock:
-                compile_watch._active = [w for w in compile_watch._active if w is not self]
+        with compile_watch._lock:
+            compile_watch._active = [w for w in compile_watch._active if w is not self]
         return False
 
     @classmethod

@@ -22,7 +22,7 @@ def make_model(rng, shape=(8, 8), **params):
     at random (nonzero, mixed signs), so no test sees the degenerate gamma = 1, beta = 0
     start."""
     params.setdefault("dtype", "float64")
-    m = QCNN(**params)
+    m = QCNN.paper(**params)
     m._check_config()
     m._setup(shape)
     m._init_params(rng)
@@ -254,7 +254,7 @@ def test_matches_pytorch_baseline(rng, dtype, pooling, loss):
 def big():
     """One training step on two 1024x1024 images (20 levels of 1d pooling), both domains."""
     rng = fresh_rng()
-    m = QCNN(n_classes=3, d=2, widths=[4] * 20, pooling="1d", dtype="float64", momentum=1.0)
+    m = QCNN.paper(n_classes=3, d=2, widths=[4] * 20, pooling="1d", dtype="float64", momentum=1.0)
     m._check_config()
     m._setup((1024, 1024))
     m._init_params(rng)
@@ -295,7 +295,7 @@ def test_1024_linear_and_log_gradients_agree(big):
 
 def test_1024_default_widths_linear_step_is_finite(rng):
     # The paper's widths d(l+1) with d=2, where recycled level buffers once gave NaN.
-    m = QCNN(n_classes=3, d=2, pooling="1d", dtype="float64")
+    m = QCNN.paper(n_classes=3, d=2, pooling="1d", dtype="float64")
     m._check_config()
     m._setup((1024, 1024))
     m._init_params(rng)
@@ -341,7 +341,7 @@ def test_1024_linear_eval_overflows_where_log_domain_stays_finite(big):
 @pytest.mark.parametrize("loss", ["square", "cross_entropy"])
 def test_fit_predict_score(rng, loss):
     X, y = images(rng, 60, (8, 8), 3)
-    m = QCNN(n_classes=3, d=2, loss=loss, epochs=3, batch_size=16, dtype="float64",
+    m = QCNN.paper(n_classes=3, d=2, loss=loss, epochs=3, batch_size=16, dtype="float64",
              random_state=int(rng.integers(2**31)))
     assert m.fit(X, y) is m
     assert [rec["epoch"] for rec in m.history_] == [1, 2, 3]
@@ -378,8 +378,8 @@ def test_fit_is_reproducible_and_records_validation_and_callbacks(rng):
         calls.append(epoch)
         return {"n_params": model.n_params_}
 
-    a = QCNN(**kw).fit(X, y, validation_data=(Xv, yv), callbacks=[callback])
-    b = QCNN(**kw).fit(X, y)
+    a = QCNN.paper(**kw).fit(X, y, validation_data=(Xv, yv), callbacks=[callback])
+    b = QCNN.paper(**kw).fit(X, y)
     assert calls == [0, 1]
     for rec in a.history_:
         assert 0 <= rec["val_accuracy"] <= 1 and rec["n_params"] == a.n_params_
@@ -390,7 +390,7 @@ def test_fit_is_reproducible_and_records_validation_and_callbacks(rng):
 
 def test_warm_start_continues_training(rng):
     X, y = images(rng, 40, (8, 8), 3)
-    m = QCNN(n_classes=3, d=2, epochs=2, batch_size=10, lr=0.02, lr_step=2, lr_gamma=0.5,
+    m = QCNN.paper(n_classes=3, d=2, epochs=2, batch_size=10, lr=0.02, lr_step=2, lr_gamma=0.5,
              dtype="float64", random_state=int(rng.integers(2**31))).fit(X, y)
     before = [p.copy() for p in m._params()]
     m.fit(X, y, epochs=3, warm_start=True)
@@ -416,15 +416,15 @@ def test_restore_best_keeps_the_best_validation_epoch(rng):
     Xv, yv = images(rng, 16, (8, 8), 3)
     kw = dict(n_classes=3, d=2, epochs=4, batch_size=8, lr=0.05, dtype="float64",
               random_state=int(rng.integers(2**31)))
-    m = QCNN(**kw).fit(X, y, validation_data=(Xv, yv), restore_best=True)
+    m = QCNN.paper(**kw).fit(X, y, validation_data=(Xv, yv), restore_best=True)
     accs = [rec["val_accuracy"] for rec in m.history_]
     assert m.best_epoch_ == 1 + int(np.argmax(accs))  # the first of equal bests
     assert m.score(Xv, yv) == max(accs)
     # the restored state is that of the best epoch: retraining to it reproduces the scores
-    ref = QCNN(**kw).fit(X, y, epochs=m.best_epoch_)
+    ref = QCNN.paper(**kw).fit(X, y, epochs=m.best_epoch_)
     np.testing.assert_array_equal(m.decision_function(Xv), ref.decision_function(Xv))
     with pytest.raises(ValueError, match="restore_best"):
-        QCNN(**kw).fit(X, y, restore_best=True)
+        QCNN.paper(**kw).fit(X, y, restore_best=True)
 
 
 def test_augment_is_applied_to_every_batch(rng):
@@ -437,31 +437,31 @@ def test_augment_is_applied_to_every_batch(rng):
 
     kw = dict(n_classes=3, d=2, epochs=2, batch_size=10, dtype="float64",
               random_state=int(rng.integers(2**31)))
-    a = QCNN(**kw).fit(X, y, augment=augment)
+    a = QCNN.paper(**kw).fit(X, y, augment=augment)
     assert seen == [10, 10, 4] * 2
-    b = QCNN(**kw).fit(X, y)
+    b = QCNN.paper(**kw).fit(X, y)
     assert a.history_[0]["loss"] != b.history_[0]["loss"]
     # an identity augmentation changes nothing
-    c = QCNN(**kw).fit(X, y, augment=lambda batch, gen: batch)
+    c = QCNN.paper(**kw).fit(X, y, augment=lambda batch, gen: batch)
     assert [r["loss"] for r in c.history_] == [r["loss"] for r in b.history_]
     with pytest.raises(ValueError, match="augment"):
-        QCNN(**kw).fit(X, y, augment=lambda batch, gen: batch[:, :4])
-    with pytest.raises(ValueError, match="X: expected pixel values"):
-        QCNN(**kw).fit(X, y, augment=lambda batch, gen: batch + 2)
+        QCNN.paper(**kw).fit(X, y, augment=lambda batch, gen: batch[:, :4])
+    with pytest.raises(ValueError, match=r"augment: expected it to return pixel values in \[0, 1\]"):
+        QCNN.paper(**kw).fit(X, y, augment=lambda batch, gen: batch + 2)
     with pytest.raises(TypeError, match="augment"):
-        QCNN(**kw).fit(X, y, augment="shift")
+        QCNN.paper(**kw).fit(X, y, augment="shift")
 
 
 def test_warm_start_on_unfitted_model_is_a_fresh_fit(rng):
     X, y = images(rng, 20, (8, 8), 3)
-    m = QCNN(n_classes=3, d=2, epochs=1, dtype="float64").fit(X, y, warm_start=True)
+    m = QCNN.paper(n_classes=3, d=2, epochs=1, dtype="float64").fit(X, y, warm_start=True)
     assert len(m.history_) == 1
 
 
 @pytest.fixture
 def fitted(rng):
     X, y = images(rng, 30, (8, 8), 3)
-    m = QCNN(n_classes=3, d=2, epochs=2, batch_size=10, loss="cross_entropy",
+    m = QCNN.paper(n_classes=3, d=2, epochs=2, batch_size=10, loss="cross_entropy",
              random_state=int(rng.integers(2**31))).fit(X, y)
     return m, X, y
 
@@ -564,7 +564,7 @@ def test_load_missing_file_and_save_unfitted(tmp_path):
     with pytest.raises(FileNotFoundError, match="path"):
         fasttn.load(tmp_path / "absent.npz")
     with pytest.raises(ValueError, match="not fitted"):
-        QCNN().save(tmp_path / "unfitted.npz")
+        QCNN.paper().save(tmp_path / "unfitted.npz")
     assert not (tmp_path / "unfitted.npz").exists()
 
 
@@ -575,7 +575,7 @@ def test_learns_digits(rng):
     X = (X / 16.0).reshape(-1, 8, 8)
     perm = rng.permutation(len(y))
     train, test = perm[:1200], perm[1200:]
-    m = QCNN(d=8, feature_map="cos_sin", beta_init=1.0, loss="cross_entropy", epochs=10,
+    m = QCNN.paper(d=8, feature_map="cos_sin", beta_init=1.0, loss="cross_entropy", epochs=10,
              batch_size=25, random_state=int(rng.integers(2**31)))
     m.fit(X[train], y[train])
     acc = m.score(X[test], y[test])
@@ -602,46 +602,52 @@ def _with(X, index, value):
 
 FIT_ERRORS = {
     # name: (constructor kwargs, X -> X, y -> y, exception, message regex)
-    "X-rank-2": ({}, lambda X: X[:, 0], None, ValueError,
-                 r"^X: expected a 3-dimensional array, got shape \(30, 8\)"),
-    "X-rank-4": ({}, lambda X: X[None], None, ValueError, r"^X: expected a 3-dimensional"),
-    "X-uint8": ({}, lambda X: (255 * X).astype(np.uint8), None, TypeError,
-                r"^X: expected a float32 or float64 array, got dtype uint8"),
-    "X-int64": ({}, lambda X: np.zeros(X.shape, np.int64), None, TypeError,
-                r"^X: expected a float32 or float64 array, got dtype int64"),
-    "X-bool": ({}, lambda X: X > 0.5, None, TypeError, r"^X: expected a float32 or float64"),
-    "X-float16": ({}, lambda X: X.astype(np.float16), None, TypeError,
-                  r"^X: expected float32 or float64, got float16"),
+    "X-rank-1": ({}, lambda X: X[:, 0, 0], None, ValueError,
+                 r"^X: expected images \(n, height, width\) or flat rows \(n, height \* width\), "
+                 r"got an array of shape \(30,\)"),
+    "X-rank-4": ({}, lambda X: X[None], None, ValueError, r"^X: expected images \(n, height"),
+    "X-bool": ({}, lambda X: X > 0.5, None, TypeError, r"^X: expected real numbers, got dtype bool"),
+    "X-complex": ({}, lambda X: X + 0j, None, TypeError, r"^X: expected real numbers"),
+    "X-strings": ({}, lambda X: X.astype(str), None, TypeError, r"^X: expected real numbers"),
     "X-nan": ({}, lambda X: _with(X, (3, 2, 1), np.nan), None, ValueError,
               r"^X: expected finite values, got 1 NaN/Inf entries \(first at index "
               r"\(3, 2, 1\)\)"),
     "X-inf": ({}, lambda X: _with(X, (0, 0, 5), -np.inf), None, ValueError,
               r"^X: expected finite values"),
-    "X-above-1": ({}, lambda X: 2 * X, None, ValueError, r"^X: expected pixel values in \[0, 1\]"),
-    "X-below-0": ({}, lambda X: X - 0.5, None, ValueError,
+    "X-above-1": ({"input_scaling": "none"}, lambda X: 2 * X, None, ValueError,
                   r"^X: expected pixel values in \[0, 1\]"),
-    "X-uint8-range": ({}, lambda X: 255.0 * X, None, ValueError, r"scale uint8 images by 1/255"),
+    "X-below-0": ({"input_scaling": "none"}, lambda X: X - 0.5, None, ValueError,
+                  r"^X: expected pixel values in \[0, 1\]"),
+    "X-uint8-range": ({"input_scaling": "none"}, lambda X: 255.0 * X, None, ValueError,
+                      r"scale uint8 images by 1/255"),
+    "input_scaling": ({"input_scaling": "minmax"}, None, None, ValueError,
+                      r"^input_scaling: expected one of \['auto', 'none'\], got 'minmax'"),
+    "image_shape-pixels": ({"image_shape": (4, 4)}, lambda X: X.reshape(len(X), -1), None,
+                           ValueError, r"^X: rows of 64 features do not make images of "
+                           r"image_shape=\(4, 4\)"),
+    "image_shape-images": ({"image_shape": (4, 16)}, None, None, ValueError,
+                           r"^X: expected images of image_shape=\(4, 16\), got 8x8"),
+    "image_shape-bad": ({"image_shape": 8}, None, None, ValueError,
+                        r"^image_shape: expected \(height, width\), got 8"),
     "X-empty": ({}, lambda X: X[:0], lambda y: y[:0], ValueError,
                 r"^X: expected at least one image, got 0"),
     "X-not-power-of-two": ({}, lambda X: X[:, :6, :], None, ValueError,
                            r"^X: expected image height and width that are powers of two, got "
-                           r"6x8; pass pad=True to zero-pad to 8x8"),
+                           r"6x8; pass pad=True \(command line: --pad\) to zero-pad to 8x8"),
     "X-2d-not-square": ({"pooling": "2d"}, lambda X: X[:, :4, :], None, ValueError,
                         r"^X: 2d pooling expects square images with a power-of-two side, got "
                         r"4x8; pass pad=True"),
-    "y-out-of-range": ({}, None, lambda y: y + 1, ValueError,
-                       r"^y: expected labels in \[0, 3\), got values in \[1, 3\]"),
-    "y-negative": ({}, None, lambda y: y - 1, ValueError, r"^y: expected labels in \[0, 3\)"),
+    "y-more-classes": ({}, None, lambda y: np.where(y == 0, 7, y) + (np.arange(30) == 0),
+                       ValueError, r"^y: n_classes=3, but y holds 4 distinct labels"),
+    "y-one-class": ({"n_classes": None}, None, lambda y: np.zeros_like(y), ValueError,
+                    r"^y: expected at least 2 classes to classify, got 1 class \(\[0\]\)"),
     "y-too-short": ({}, None, lambda y: y[:-1], ValueError,
-                    r"^y: expected 30 labels \(one per sample\), got 29"),
+                    r"^y: expected 30 labels \(one per image\), got 29"),
     "y-too-long": ({}, None, lambda y: np.append(y, 0), ValueError, r"^y: expected 30 labels"),
-    "y-float-non-integer": ({}, None, lambda y: y + 0.5, TypeError,
-                            r"^y: expected integer class labels, got dtype float64"),
-    "y-float-nan": ({}, None, lambda y: np.where(y == 0, np.nan, y), TypeError,
-                    r"^y: expected integer class labels"),
-    "y-strings": ({}, None, lambda y: y.astype(str), TypeError,
-                  r"^y: expected integer class labels"),
-    "y-rank-2": ({}, None, lambda y: y[:, None], ValueError,
+    "y-float-non-integer": ({}, None, lambda y: y + 0.5, ValueError, r"^Unknown label type"),
+    "y-float-nan": ({}, None, lambda y: np.where(y == 0, np.nan, y), ValueError,
+                    r"Input y contains NaN"),
+    "y-rank-2": ({}, None, lambda y: np.stack([y, y], 1), ValueError,
                  r"^y: expected a 1-dimensional array of labels"),
     "pooling": ({"pooling": "3d"}, None, None, ValueError,
                 r"^pooling: expected one of \['1d', '2d'\], got '3d'"),
@@ -680,7 +686,7 @@ def test_fit_rejects_bad_input(rng, kwargs, fx, fy, exc, match):
     X, y = _X(rng), _y(rng)
     X = fx(X) if fx else X
     y = fy(y) if fy else y
-    m = QCNN(**{"n_classes": 3, "d": 2, "epochs": 1, **kwargs})
+    m = QCNN.paper(**{"n_classes": 3, "d": 2, "epochs": 1, **kwargs})
     params = m.get_params()
     with pytest.raises(exc, match=match):
         m.fit(X, y)
@@ -690,9 +696,39 @@ def test_fit_rejects_bad_input(rng, kwargs, fx, fy, exc, match):
 
 def test_fit_accepts_integer_valued_float_labels_and_lists(rng):
     X, y = _X(rng), _y(rng)
-    m = QCNN(n_classes=3, d=2, epochs=1, random_state=0).fit(X, y.astype(np.float64))
-    m2 = QCNN(n_classes=3, d=2, epochs=1, random_state=0).fit(X.tolist(), y.tolist())
+    m = QCNN.paper(n_classes=3, d=2, epochs=1, random_state=0).fit(X, y.astype(np.float64))
+    m2 = QCNN.paper(n_classes=3, d=2, epochs=1, random_state=0).fit(X.tolist(), y.tolist())
     np.testing.assert_array_equal(m.decision_function(X), m2.decision_function(X))
+
+
+def test_fit_accepts_other_dtypes_layouts_and_ranges(rng):
+    """uint8 pixels, flat rows, integers, float16 and out-of-range values: the same model
+    as the equivalent float images in [0, 1] (uint8 by 1/255, others by the training
+    range), and predictions clip values past that range."""
+    X, y = _X(rng), _y(rng)
+    kw = dict(n_classes=3, d=2, epochs=1, random_state=0, dtype="float64")
+    Xq = np.round(X * 255) / 255
+    ref = QCNN.paper(**kw).fit(Xq, y)
+    want = ref.decision_function(Xq)
+    u8 = QCNN.paper(**kw).fit((Xq * 255).astype(np.uint8), y)
+    assert u8.input_scale_ == 1 / 255 and u8.input_offset_ == 0
+    np.testing.assert_allclose(u8.decision_function((Xq * 255).astype(np.uint8)), want,
+                               rtol=1e-9)
+    flat = QCNN.paper(**kw).fit(Xq.reshape(30, 64), y)
+    assert flat.input_shape_ == (8, 8) and flat.n_features_in_ == 64
+    np.testing.assert_allclose(flat.decision_function(Xq.reshape(30, 64)), want, rtol=1e-9)
+    np.testing.assert_allclose(flat.decision_function(Xq), want, rtol=1e-9)  # images too
+    shifted = QCNN.paper(**kw).fit(4 * Xq - 2, y)  # standardised-looking values
+    assert shifted.input_offset_ == pytest.approx(4 * Xq.min() - 2)
+    lo, hi = Xq.min(), Xq.max()
+    np.testing.assert_allclose(shifted.decision_function(4 * Xq - 2),
+                               ref.decision_function((Xq - lo) / (hi - lo)), rtol=1e-6)
+    # values beyond the training range are clipped to it
+    np.testing.assert_array_equal(shifted.predict(4 * Xq - 2 + 100),
+                                  shifted.predict(np.full_like(Xq, 4 * hi - 2)))
+    rows = QCNN.paper(**kw, pad=True).fit(rng.integers(0, 2, (30, 6)), y)  # one row of 6
+    assert rows.input_shape_ == (1, 6) and rows.network_shape_ == (1, 8)
+    assert QCNN.paper(**kw).fit(X.astype(np.float16), y).predict(X).shape == (30,)
 
 
 @pytest.mark.parametrize("pooling,shape,padded", [("1d", (6, 8), (8, 8)),
@@ -701,8 +737,9 @@ def test_fit_accepts_integer_valued_float_labels_and_lists(rng):
                                                   ("2d", (7, 7), (8, 8))])
 def test_pad_makes_any_size_work(rng, pooling, shape, padded):
     X, y = _X(rng, (30,) + shape), _y(rng)
-    m = QCNN(n_classes=3, d=2, epochs=1, pooling=pooling, pad=True).fit(X, y)
-    assert m.padded_shape_ == padded and m.image_shape_ == shape
+    m = QCNN.paper(n_classes=3, d=2, epochs=1, pooling=pooling, pad=True).fit(X, y)
+    assert m.padded_shape_ == m.image_shape_ == m.network_shape_ == padded
+    assert m.input_shape_ == shape and m.n_features_in_ == shape[0] * shape[1]
     levels = (padded[0] * padded[1]).bit_length() - 1
     assert m.n_levels_ == (levels if pooling == "1d" else levels // 2)
     pred = m.predict(X)
@@ -714,10 +751,12 @@ def test_pad_makes_any_size_work(rng, pooling, shape, padded):
 PREDICT_ERRORS = {
     "shape": (lambda X: X[:, :4, :4], ValueError,
               r"^X: expected images of shape \(8, 8\) \(as in fit\), got \(4, 4\)"),
-    "rank": (lambda X: X[0], ValueError, r"^X: expected a 3-dimensional"),
+    "rank": (lambda X: X[0], ValueError,
+             r"^X has 8 features, but QCNN is expecting 64 features as input"),
+    "flat-width": (lambda X: X.reshape(len(X), -1)[:, :60], ValueError,
+                   r"^X has 60 features, but QCNN is expecting 64 features as input"),
     "nan": (lambda X: _with(X, (1, 1, 1), np.nan), ValueError, r"^X: expected finite values"),
-    "range": (lambda X: X + 1, ValueError, r"^X: expected pixel values in \[0, 1\]"),
-    "int": (lambda X: (X > 0.5).astype(np.int32), TypeError, r"^X: expected a float32"),
+    "bool": (lambda X: X > 0.5, TypeError, r"^X: expected real numbers, got dtype bool"),
 }
 
 
@@ -732,7 +771,7 @@ def test_predict_rejects_bad_input(fitted, method, fx, exc, match):
 
 def test_score_rejects_labels_of_wrong_length(fitted):
     m, X, y = fitted
-    with pytest.raises(ValueError, match=r"^y: expected 30 labels"):
+    with pytest.raises(ValueError, match=r"inconsistent numbers of samples"):
         m.score(X, y[:-5])
 
 
@@ -741,13 +780,13 @@ def test_predict_before_fit_raises(rng, method):
     X, y = _X(rng), _y(rng)
     args = (X, y) if method == "score" else (X,)
     with pytest.raises(ValueError, match=r"^QCNN is not fitted yet; call fit first"):
-        getattr(QCNN(), method)(*args)
+        getattr(QCNN.paper(), method)(*args)
 
 
 # --------------------------------------------------------------- 7. parameter count
 @pytest.mark.parametrize("d", [2, 4, 18])
 def test_parameter_count_matches_paper(rng, d):
-    m = QCNN(d=d, pooling="1d")
+    m = QCNN.paper(n_classes=10, d=d, pooling="1d")
     m._check_config()
     m._setup((16, 16))
     m._init_params(rng)
@@ -756,7 +795,7 @@ def test_parameter_count_matches_paper(rng, d):
     if d == 18:
         assert m.n_params_ == 81_000
     # 2x2 pooling: 4 levels of widths 2d..5d, the same counting gives 40 d^2 + 80 d
-    m2 = QCNN(d=d, pooling="2d")
+    m2 = QCNN.paper(n_classes=10, d=d, pooling="2d")
     m2._check_config()
     m2._setup((16, 16))
     m2._init_params(rng)
@@ -765,7 +804,7 @@ def test_parameter_count_matches_paper(rng, d):
 
 def test_parameter_count_after_fit(rng):
     X, y = _X(rng, (12, 16, 16)), np.arange(12) % 10
-    m = QCNN(d=2, epochs=1, batch_size=6).fit(X, y)
+    m = QCNN.paper(d=2, epochs=1, batch_size=6).fit(X, y)
     assert m.n_params_ == 240 * 4 + 180 * 2
     assert m.n_params_ == sum(p.size for p in m.weights_ + m.gammas_ + m.betas_)
 
@@ -842,8 +881,8 @@ def test_separate_child_weights_agree_across_domains(rng, dtype, pooling, traini
 
 def test_separate_child_weights_parameters_fit_and_checkpoint(rng, tmp_path):
     for pooling, window in (("1d", 2), ("2d", 4)):
-        shared, sep = QCNN(d=4, pooling=pooling), QCNN(d=4, pooling=pooling,
-                                                         child_weights="separate")
+        shared, sep = (QCNN.paper(n_classes=10, d=4, pooling=pooling),
+                       QCNN.paper(n_classes=10, d=4, pooling=pooling, child_weights="separate"))
         for m in (shared, sep):
             m._check_config()
             m._setup((8, 8))
@@ -853,7 +892,7 @@ def test_separate_child_weights_parameters_fit_and_checkpoint(rng, tmp_path):
         assert all(w.shape[0] == window * d for w, d in zip(sep.weights_, sep.widths_))
         assert sep.weights_[-1].shape == shared.weights_[-1].shape
     X, y = images(rng, 30, (8, 8), 3)
-    m = QCNN(n_classes=3, d=2, epochs=2, batch_size=10, loss="cross_entropy",
+    m = QCNN.paper(n_classes=3, d=2, epochs=2, batch_size=10, loss="cross_entropy",
              child_weights="separate", random_state=0).fit(X, y)
     path = tmp_path / "sep.npz"
     m.save(path)
@@ -861,7 +900,7 @@ def test_separate_child_weights_parameters_fit_and_checkpoint(rng, tmp_path):
     assert m2.child_weights == "separate"
     np.testing.assert_array_equal(m2.decision_function(X), m.decision_function(X))
     with pytest.raises(ValueError, match="child_weights"):
-        QCNN(child_weights="unshared").fit(X, y)
+        QCNN.paper(child_weights="unshared").fit(X, y)
 
 
 def test_separate_child_weights_learn_digits():
@@ -869,7 +908,7 @@ def test_separate_child_weights_learn_digits():
     from fasttn.data import load_task
 
     X_tr, y_tr, X_te, y_te = load_task("digits", seed=0)
-    m = QCNN(d=8, feature_map="cos_sin", loss="cross_entropy", beta_init=1.0, epochs=10,
+    m = QCNN.paper(d=8, feature_map="cos_sin", loss="cross_entropy", beta_init=1.0, epochs=10,
              child_weights="separate", random_state=0).fit(X_tr, y_tr)
     assert m.score(X_te, y_te) >= 0.95
 
@@ -878,8 +917,8 @@ def test_cli_train_qcnn_child_weights(capsys):
     from fasttn.cli import main
 
     assert main(["train", "qcnn", "--n-train", "100", "--n-test", "50", "--epochs", "1",
-                 "--child-weights", "separate", "--quiet"]) == 0
-    assert "child_weights='separate'" in capsys.readouterr().out
+                 "--child-weights", "shared", "--quiet"]) == 0
+    assert "child_weights='shared'" in capsys.readouterr().out
 
 
 def test_entropy_of_separate_child_weights(rng):
@@ -888,7 +927,7 @@ def test_entropy_of_separate_child_weights(rng):
     from fasttn.analysis.entropy import qcnn_model_entropy
 
     X, y = images(rng, 20, (8, 8), 3)
-    m = QCNN(n_classes=3, d=2, epochs=1, child_weights="separate", random_state=0).fit(X, y)
+    m = QCNN.paper(n_classes=3, d=2, epochs=1, child_weights="separate", random_state=0).fit(X, y)
     ent = qcnn_model_entropy(m)
     assert np.all(np.isfinite(ent["per_class"]))
     assert np.all((ent["per_class"] >= 0) & (ent["per_class"] <= ent["max_entropy"] + 1e-12))

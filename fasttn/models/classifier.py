@@ -127,6 +127,7 @@ class ImageClassifier(ClassifierMixin, Estimator):
     def _check_X(self, X: Any, fitted: bool) -> np.ndarray:
         """The network's images for a user's ``X``: checked, reshaped, scaled into [0, 1]
         and padded. ``fitted=False`` (in ``fit``) fixes the shape and the scaling."""
+        uint8 = getattr(X, "dtype", None) == np.uint8
         X = check_real_array("X", X)
         if X.ndim not in (2, 3):
             raise ValueError(f"X: expected images (n, height, width) or flat rows "
@@ -146,7 +147,7 @@ class ImageClassifier(ClassifierMixin, Estimator):
                                  f"{tuple(X.shape[1:])}")
         else:
             h, w = self.input_shape_ = self._input_shape(X)
-            offset, scale = self._fit_scaling(X)
+            offset, scale = self._fit_scaling(X, uint8)
             network_shape = self._network_shape(h, w)
         X = X.reshape(X.shape[0], h, w)
         if offset != 0.0 or scale != 1.0:
@@ -166,12 +167,15 @@ class ImageClassifier(ClassifierMixin, Estimator):
             X = padded
         return X
 
-    def _fit_scaling(self, X: np.ndarray) -> None:
-        """The affine map of pixel values into [0, 1]: none for images in [0, 1]; with
-        ``input_scaling="auto"`` the range of the training images otherwise."""
+    def _fit_scaling(self, X: np.ndarray, uint8: bool = False) -> Tuple[float, float]:
+        """The affine map of pixel values into [0, 1], fixed in ``fit``: none for images in
+        [0, 1]; with ``input_scaling="auto"``, ``1/255`` for uint8 images and the range of
+        the training images for anything else."""
         lo, hi = float(X.min()), float(X.max())
         self.input_offset_, self.input_scale_ = 0.0, 1.0
-        if (lo < 0 or hi > 1) and self.input_scaling == "auto":
+        if uint8 and hi > 1 and self.input_scaling == "auto":
+            self.input_scale_ = 1.0 / 255.0
+        elif (lo < 0 or hi > 1) and self.input_scaling == "auto":
             self.input_offset_ = lo
             self.input_scale_ = 1.0 / (hi - lo) if hi > lo else 1.0
         return self.input_offset_, self.input_scale_

@@ -191,6 +191,18 @@ class QCNN(ImageClassifier):
         self.random_state = random_state
         self.verbose = verbose
 
+    PAPER = dict(d=18, feature_map="fourier", child_weights="shared", order="row",
+                 loss="square", beta_init=0.0, pad=False, early_stopping=False, epochs=10)
+
+    @classmethod
+    def paper(cls, **params: Any) -> "QCNN":
+        """The q-CNN paper's model as its reference code trains it: widths ``18 (l + 1)``,
+        the Fourier map, one shared 1x1 convolution per level, row-major pairs, the square
+        loss (eq. 48), batch-norm shift 0, 10 epochs, no early stopping; ``params``
+        override any of these. (On real data it trains far less reliably than the
+        defaults: see the README.)"""
+        return cls(**{**cls.PAPER, **params})
+
     # ------------------------------------------------------------------ configuration
     def _check_config(self) -> None:
         self._check_classifier_config()

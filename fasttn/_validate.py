@@ -47,9 +47,15 @@ def check_real_array(name: str, x: Any, ndim: int | Sequence[int] | None = None)
     """A real-valued array (float, integer, or numbers held as objects) of the given rank;
     float32/float64 kept, anything else converted to float64. Booleans, complex numbers
     and strings are refused."""
+    if hasattr(x, "toarray") or type(x).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"{name}: sparse input is not supported; pass a dense array "
+                        f"({name}.toarray())")
     x = np.asarray(x)
     if x.dtype.kind == "O":
         x = x.astype(np.float64)  # numbers stored as objects; anything else raises
+    if x.dtype.kind == "c":
+        raise ValueError(f"{name}: Complex data not supported; expected real numbers, got "
+                         f"dtype {x.dtype}")
     if x.dtype.kind not in "fiu":
         raise TypeError(f"{name}: expected real numbers, got dtype {x.dtype}")
     if x.dtype not in FLOAT_DTYPES:
@@ -58,7 +64,13 @@ def check_real_array(name: str, x: Any, ndim: int | Sequence[int] | None = None)
         ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if x.ndim not in ranks:
             want = " or ".join(str(r) for r in ranks)
-            raise ValueError(f"{name}: expected a {want}-dimensional array, got shape {x.shape}")
+            hint = ("; Reshape your data: X.reshape(1, -1) for a single sample"
+                    if x.ndim == 1 else "")
+            raise ValueError(f"{name}: expected a {want}-dimensional array, got shape "
+                             f"{x.shape}{hint}")
+    if x.ndim >= 2 and x.shape[0] and not all(x.shape[1:]):
+        raise ValueError(f"{name}: found 0 feature(s) (shape={x.shape}) while a minimum of 1 "
+                         f"is required.")
     return x
 
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from sklearn.utils import ClassifierTags, RegressorTags
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import column_or_1d
 
 from .._validate import check_choice, check_dtype, check_finite, check_positive_int, check_real_array
 from ..backend import array_module, to_numpy
@@ -294,6 +295,8 @@ class TNN(Estimator):
         epochs = check_positive_int("epochs", epochs if epochs is not None else self.epochs)
         fitted = warm_start and getattr(self, "n_features_in_", None) is not None
         X = self._check_X(X, fitted=fitted)
+        if y is None:
+            raise ValueError("y: TNN requires y to be passed, but the target y is None")
         if fitted:
             y_t = self._check_y(y, X.shape[0], self.task_, self.layer_configs_[-1], fitted)
         else:
@@ -335,7 +338,7 @@ class TNN(Estimator):
         the default stack, sized from the classes)."""
         y = np.asarray(y)
         if y.ndim == 2 and y.shape[1] == 1 and task == "classification":
-            y = y[:, 0]  # a column of labels
+            y = column_or_1d(y, warn=True)  # a column of labels
         if y.shape[0:1] != (n,):
             raise ValueError(f"y: expected {n} targets (one per sample), got shape {y.shape}")
         if task == "regression":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.base import clone, is_classifier, is_regressor
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import DataConversionWarning, NotFittedError
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
@@ -146,7 +146,8 @@ def test_tnn_score_checks_label_shape():
     m = TNN(epochs=5, random_state=0).fit(X, y)
     acc = m.score(X, y)
     # a column of labels is the same labels (it used to broadcast to an (n, n) comparison)
-    assert m.score(X, y[:, None]) == acc
+    with pytest.warns(DataConversionWarning):
+        assert m.score(X, y[:, None]) == acc
     with pytest.raises(ValueError):
         m.score(X, y[:-3])
 

@@ -352,6 +352,18 @@ class ImageClassifier(ClassifierMixin, Estimator):
             self.best_epoch_ = monitor.best_epoch
             self.best_validation_score_ = monitor.best_score
 
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Mean accuracy of :meth:`predict` on ``(X, y)``; ``y`` is checked like ``fit``'s
+        labels (one per image, and of the kind of ``classes_``: strings against numbers is
+        an error, not an accuracy of 0)."""
+        self._check_fitted()
+        n = np.asarray(X).shape[0] if np.ndim(X) else 0
+        y = self._as_label_vector(y, n)
+        classes = getattr(self, "classes_", None)
+        if classes is not None:
+            check_label_kind(y, classes)
+        return super().score(X, y, sample_weight=sample_weight)
+
     # -- predictions ---------------------------------------------------------------------
     def decision_function(self, X: Any, batch_size: Optional[int] = None) -> np.ndarray:
         """Class scores ``(n, n_classes_)``, columns in the order of ``classes_``; for two
@@ -422,6 +434,20 @@ class ImageClassifier(ClassifierMixin, Estimator):
                              f"{self.input_scale_}")
         self.n_features_in_ = int(np.prod(self.input_shape_))
         self.best_epoch_ = meta.get("best_epoch")
+
+
+def check_label_kind(y: np.ndarray, classes: np.ndarray) -> None:
+    """Labels to compare with ``classes``: numbers against numbers, text against text."""
+    def kind(a):
+        a = np.asarray(a)
+        if a.dtype.kind == "O":
+            return "text" if all(isinstance(v, str) for v in a.ravel()[:100]) else "number"
+        return "text" if a.dtype.kind in "USO" else "number"
+
+    if len(y) and kind(y) != kind(classes):
+        raise ValueError(f"y: expected labels of the kind seen in fit ({kind(classes)}s such "
+                         f"as {_preview(classes[:3])}), got {kind(y)}s such as "
+                         f"{_preview(np.asarray(y)[:3])}")
 
 
 def _preview(values: np.ndarray, k: int = 6) -> str:

@@ -34,6 +34,7 @@ from ..train.losses import cross_entropy_loss
 from ..train.loop import fit_loop
 from ..train.sweeps import MPOSweep, run_sweep
 from .base import Estimator, register
+from .classifier import check_label_kind
 from .tnn_layers import (Dense, Layer, TNLayer, activation_forward, fusable, fused_backward,
                          fused_forward, layer_from_config)
 
@@ -586,6 +587,10 @@ class TNN(Estimator):
 
         pred = self.predict(X)
         if self.task_ == "classification":
+            y = np.asarray(y)
+            if y.ndim == 2 and y.shape[1] == 1:
+                y = column_or_1d(y, warn=True)
+            check_label_kind(y, self.classes_)
             return float(accuracy_score(y, pred, sample_weight=sample_weight))
         return float(r2_score(y, pred, sample_weight=sample_weight))
 

@@ -68,20 +68,32 @@ def _tnn(device="cpu", dtype="float64", **kw):
     return TNN(layers, dtype=dtype, device=device, **params)
 
 
+# The image models train on every image (no early-stopping split): the transfer counts
+# below are per training image and batch.
+_IMAGE_FIT = dict(early_stopping=False)
+
+# The q-CNN configuration these tests were written for, spelled out (the defaults have
+# moved to cos_sin features, separate child weights, Z order, cross-entropy); the cases
+# below vary it, and "qcnn_defaults" runs the current defaults.
+_QCNN_BASE = dict(feature_map="fourier", child_weights="shared", order="row", loss="square",
+                  beta_init=0.0, pad=False)
+
+
 def _qcnn(device="cpu", dtype="float64", **kw):
-    params = dict(n_classes=3, d=2, epochs=2, batch_size=6, random_state=1)
+    params = dict(n_classes=3, d=2, epochs=2, batch_size=6, random_state=1, **_QCNN_BASE,
+                  **_IMAGE_FIT)
     params.update(kw)
     return QCNN(dtype=dtype, device=device, **params)
 
 
 def _ttn(device="cpu", dtype="float64", **kw):
-    params = dict(n_classes=3, chi=2, epochs=2, batch_size=5, random_state=2)
+    params = dict(n_classes=3, chi=2, epochs=2, batch_size=5, random_state=2, **_IMAGE_FIT)
     params.update(kw)
     return TTN2D(dtype=dtype, device=device, **params)
 
 
 def _mera(device="cpu", dtype="float64", **kw):
-    params = dict(n_classes=3, chi=2, epochs=2, batch_size=5, random_state=4)
+    params = dict(n_classes=3, chi=2, epochs=2, batch_size=5, random_state=4, **_IMAGE_FIT)
     params.update(kw)
     return MERA2D(dtype=dtype, device=device, **params)
 
@@ -102,6 +114,9 @@ CASES = {
                               *_images(12, 4, 3, 0), _chain_bytes),
     "qcnn_2d": Case(functools.partial(_qcnn, pooling="2d", child_weights="separate"),
                     *_images(12, 4, 3, 0), _chain_bytes),
+    "qcnn_defaults": Case(functools.partial(_qcnn, **{k: QCNN().get_params()[k]
+                                                      for k in _QCNN_BASE}),
+                          *_images(12, 4, 3, 0), _chain_bytes),
     "ttn": Case(_ttn, *_images(12, 4, 3, 1), _pixels_bytes),
     # 8x8: one level of 4x4 blocks and the 2x2 end block
     "mera": Case(_mera, *_images(12, 8, 3, 3), _pixels_bytes),
@@ -474,7 +489,8 @@ def test_gpu_qcnn_1024_step_has_a_finite_loss(cupy_gpu, domain):
     X = rng.uniform(0.0, 1.0, (2, 1024, 1024))
     y = np.array([0, 2])
     params = dict(n_classes=3, d=2, widths=[4] * 20, pooling="1d", dtype="float64",
-                  domain=domain, epochs=1, batch_size=2, random_state=0)
+                  domain=domain, epochs=1, batch_size=2, random_state=0, **_QCNN_BASE,
+                  **_IMAGE_FIT)
     m = QCNN(device="cuda", **params).fit(X, y)
     loss = m.history_[0]["loss"]
     assert np.isfinite(loss) and loss > 0

@@ -136,8 +136,9 @@ def test_byte_and_flop_arithmetic_by_hand(bench):
                                            "meets_target": True}
     assert G.pool_figures(row, 5001.0)["meets_target"] is False
 
-    # q-CNN FLOPs: d = 2 on 4x4 (16 sites, 4 levels of pairs, widths 4, 6, 8, 10, 2 classes)
-    m = fasttn.QCNN(n_classes=2, d=2)
+    # q-CNN FLOPs: d = 2 on 4x4 (16 sites, 4 levels of pairs, widths 4, 6, 8, 10, 2 classes;
+    # Fourier features, one set of weights per level: the model the benchmark's count is for)
+    m = fasttn.QCNN(n_classes=2, d=2, feature_map="fourier", child_weights="shared")
     m._check_config()
     m._setup((4, 4))
     macs = [16 * 2 * 4, 8 * 4 * 6, 4 * 6 * 8, 2 * 8 * 10, 1 * 10 * 2]  # per image

@@ -188,8 +188,17 @@ def test_bad_input_names_the_argument(qcnn, data, rng, tmp_path):
         MERA2D().layer_outputs(X8)
     with pytest.raises(ValueError, match="X: expected images of shape"):
         qcnn.layer_outputs(X16)
-    with pytest.raises(ValueError, match="X: expected pixel values"):
-        qcnn.layer_outputs(X8 * 3)
+    # pixels beyond the training range [0, 1] are clipped, as in predict ...
+    clipped = qcnn.layer_outputs(np.clip(X8 * 3, 0, 1))
+    for name, a in qcnn.layer_outputs(X8 * 3).items():
+        np.testing.assert_array_equal(a, clipped[name], err_msg=name)
+    # ... and refused without input scaling
+    try:
+        qcnn.set_params(input_scaling="none")
+        with pytest.raises(ValueError, match=r"X: expected pixel values in \[0, 1\]"):
+            qcnn.layer_outputs(X8 * 3)
+    finally:
+        qcnn.set_params(input_scaling="auto")
     with pytest.raises(ValueError, match="batch_size"):
         qcnn.layer_outputs(X8, batch_size=0)
     with pytest.raises(ValueError, match="y: expected 30 labels"):

@@ -142,12 +142,13 @@ def test_fit_augment_is_applied_to_each_batch_and_checked(rng):
         seen.append(images.copy())
         return random_shift(images, gen, max_shift=2.0)
 
-    m = MERA2D(n_classes=2, chi=2, epochs=2, batch_size=4, random_state=0).fit(X, y,
-                                                                              augment=shift)
+    m = MERA2D(n_classes=2, chi=2, epochs=2, batch_size=4, random_state=0,
+               early_stopping=False).fit(X, y, augment=shift)
     assert len(seen) == 4 and all(b.shape == (4, 16, 16) for b in seen)
     assert np.isfinite(m.history_[-1]["loss"])
     # the same seed, the same shifts: training is reproducible
-    m2 = MERA2D(n_classes=2, chi=2, epochs=2, batch_size=4, random_state=0).fit(
+    m2 = MERA2D(n_classes=2, chi=2, epochs=2, batch_size=4, random_state=0,
+                early_stopping=False).fit(
         X, y, augment=functools.partial(random_shift, max_shift=2.0))
     assert_close(m2.decision_function(X), m.decision_function(X), np.float32, "seeded")
     with pytest.raises(ValueError, match="augment: expected it to return shape"):
@@ -161,8 +162,9 @@ def test_learns_two_digits(rng):
 
     Xtr, ytr, Xte, yte = load_task("digits", size=16)
     tr, te = ytr < 2, yte < 2
-    # a fixed seed: at higher learning rates some initialisations stall at chance
-    m = MERA2D(n_classes=2, chi=4, epochs=5, random_state=3)
+    # a fixed seed: at higher learning rates some initialisations stall at chance; every
+    # training image used, the last epoch kept (no early stopping)
+    m = MERA2D(n_classes=2, chi=4, epochs=5, random_state=3, early_stopping=False)
     m.fit(Xtr[tr], ytr[tr])
     assert m.score(Xte[te], yte[te]) >= 0.95
 
@@ -203,7 +205,8 @@ def test_norm_constraint_trains_three_levels():
     Xtr, ytr, Xte, yte = load_task("digits", size=64)
     Xtr, ytr = select_classes(Xtr, ytr, [3, 8])
     Xte, yte = select_classes(Xte, yte, [3, 8])
-    m = MERA2D(n_classes=2, chi=4, epochs=12, lr=0.003, constraint="norm", random_state=0)
+    m = MERA2D(n_classes=2, chi=4, epochs=12, lr=0.003, constraint="norm", random_state=0,
+               early_stopping=False)
     m.fit(Xtr, ytr)
     assert m.n_levels_ == 3
     assert m.score(Xte, yte) >= 0.9
@@ -217,12 +220,30 @@ def test_save_load_and_bad_input(rng, tmp_path):
     m.save(tmp_path / "m.npz")
     m2 = fasttn.load(tmp_path / "m.npz")
     np.testing.assert_array_equal(m2.decision_function(X), m.decision_function(X))
+    # the network itself runs on power-of-two sides only ...
     with pytest.raises(ValueError, match="power of 2"):
-        MERA2D().fit(rng.random((2, 12, 12)), [0, 1])
+        MERA2D(n_classes=2)._setup((12, 12))
+    # ... and fit pads other images, centred, with zeros: 12x12 runs as 16x16
+    X12 = rng.random((4, 12, 12))
+    p = MERA2D(n_classes=2, chi=2, epochs=1, early_stopping=False,
+               random_state=int(rng.integers(2**31))).fit(X12, [0, 1, 0, 1])
+    assert p.input_shape_ == (12, 12) and p.network_shape_ == p.image_shape_ == (16, 16)
+    assert p.n_features_in_ == 144
+    padded = np.zeros((4, 16, 16))
+    padded[:, 2:14, 2:14] = X12
+    np.testing.assert_array_equal(p.decision_function(X12), p._decision(padded)[:, 1]
+                                  - p._decision(padded)[:, 0])
+    np.testing.assert_array_equal(p.predict(X12.reshape(4, 144)), p.predict(X12))  # flat rows
+    with pytest.raises(ValueError, match="X has 256 features, but MERA2D is expecting 144"):
+        p.predict(padded.reshape(4, 256))
     with pytest.raises(ValueError, match="X: expected images of shape"):
         m.predict(rng.random((2, 64, 64)))
-    with pytest.raises(ValueError, match="pixel values"):
-        m.predict(X * 3)
+    # values beyond the training range [0, 1] are clipped at prediction ...
+    np.testing.assert_array_equal(m.decision_function(X * 3),
+                                  m.decision_function(np.clip(X * 3, 0, 1)))
+    # ... and refused without input scaling
+    with pytest.raises(ValueError, match=r"X: expected pixel values in \[0, 1\]"):
+        MERA2D(n_classes=3, chi=2, epochs=1, input_scaling="none").fit(X * 3, y)
     with pytest.raises(ValueError, match="chi"):
         MERA2D(chi=0).fit(X, y)
     with pytest.raises(ValueError, match="not fitted"):
@@ -237,7 +258,15 @@ def test_cli_trains_and_saves(tmp_path, capsys):
                  "--chi", "2", "--quiet", "--out", str(out)]) == 0
     assert "test accuracy" in capsys.readouterr().out
     assert isinstance(fasttn.load(out), MERA2D)
-    assert main(["train", "mera", "--size", "12", "--epochs", "1", "--quiet"]) == 2
+    capsys.readouterr()
+    # a side that is not a power of 2 is padded (12x12 runs as 16x16) ...
+    assert main(["train", "mera", "--size", "12", "--n-train", "60", "--n-test", "20",
+                 "--epochs", "1", "--chi", "2", "--quiet"]) == 0
+    assert "of 12x12" in capsys.readouterr().out
+    # ... a bad option is refused with exit status 2 and the parameter named
+    assert main(["train", "mera", "--n-train", "60", "--n-test", "20", "--epochs", "1",
+                 "--chi", "0", "--quiet"]) == 2
+    assert "chi" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("shape", [(7, 3), (3, 7), (5, 5)])
@@ -305,10 +334,17 @@ def test_patch_learns_digits_and_checks_its_tiling(rng):
     m = MERA2D(n_classes=2, chi=4, patch=2, epochs=5, random_state=3).fit(Xtr[tr], ytr[tr])
     assert m.n_levels_ == 2 and m.p0_ == 5
     assert m.score(Xte[te], yte[te]) >= 0.95
+    # the network's tiling: a power-of-2 grid of whole patches ...
     with pytest.raises(ValueError, match="multiple of patch=3"):
-        MERA2D(patch=3).fit(rng.random((2, 16, 16)), [0, 1])
+        MERA2D(n_classes=2, patch=3)._setup((16, 16))
     with pytest.raises(ValueError, match="in patches of 2x2 is a power of 2"):
-        MERA2D(patch=2).fit(rng.random((2, 12, 12)), [0, 1])
+        MERA2D(n_classes=2, patch=2)._setup((12, 12))
+    # ... to which fit pads the images: 16x16 in 3x3 patches on an 8x8 grid (24x24),
+    # 12x12 in 2x2 patches on an 8x8 grid (16x16)
+    for patch, side, net in [(3, 16, 24), (2, 12, 16)]:
+        p = MERA2D(patch=patch, chi=2, epochs=1).fit(rng.random((2, side, side)), [0, 1])
+        assert p.network_shape_ == (net, net) and p.input_shape_ == (side, side)
+        assert p.predict(rng.random((3, side, side))).shape == (3,)
     with pytest.raises(ValueError, match="patch"):
         MERA2D(patch=0).fit(rng.random((2, 16, 16)), [0, 1])
 

@@ -32,7 +32,7 @@ def test_backprop_matches_finite_differences(rng, head, task):
     y = rng.integers(0, 3 if head == "softmax" else 2, 11) if task != "reg" else \
         rng.standard_normal(11)
     m = TNN(layers, epochs=1, random_state=int(rng.integers(1 << 30))).fit(X, y)
-    yt = m._check_y(y, 11)
+    yt = m._check_y(y, 11, m.task_, m.layer_configs_[-1])
     out, saved = m._forward(X)
     grads = [g for gs in m._backward(saved, m._loss(out, yt)[1]) for g in gs]
     params = _all_params(m)
@@ -65,7 +65,7 @@ def test_fused_dense_and_tnlayer_match_the_layers_one_by_one(rng):
     y = rng.integers(0, 3, 50)
     layers = [Dense(16), TNLayer(16, 4, 3, "relu", init="random"), Dense(3, activation="softmax")]
     m = TNN(layers, epochs=1, random_state=3).fit(X, y)
-    yt = m._check_y(y, 50)
+    yt = m._check_y(y, 50, m.task_, m.layer_configs_[-1])
     out, saved = m._forward(X)
     assert type(saved[0]).__name__ == "_Fused"
     grads = m._backward(saved, m._loss(out, yt)[1])
@@ -211,8 +211,11 @@ def test_bad_input_is_refused(rng):
         TNN(ok).fit(X, y[:5])
     with pytest.raises(ValueError, match="y: the last layer has 2"):
         TNN(ok).fit(X, np.arange(20) % 3)
-    with pytest.raises(TypeError, match=r"layers\[1\]"):
-        TNN([Dense(4), "relu"])
+    # the constructor stores layers unchanged (scikit-learn's contract); fit checks them
+    odd = [Dense(4), "relu"]
+    assert TNN(odd).get_params()["layers"] is odd
+    with pytest.raises(TypeError, match=r"layers\[1\]: expected a Dense or TNLayer"):
+        TNN(odd).fit(X, y)
     with pytest.raises(ValueError, match="activation"):
         Dense(4, activation="gelu")
     with pytest.raises(ValueError, match="does not split into 6 factors"):
@@ -232,7 +235,7 @@ def test_bad_input_is_refused(rng):
     with pytest.raises(ValueError, match=r"y: labels \[7\] were not among"):
         m.fit(X, np.where(y == 1, 7, 0), warm_start=True)
     assert TNN(ok, epochs=1).fit(X, y + 5).predict(X).min() >= 5  # labels kept as given
-    with pytest.raises(ValueError, match="X: expected 2 features"):
+    with pytest.raises(ValueError, match="X has 4 features, but TNN is expecting 2 features"):
         m.predict(rng.uniform(0, 1, (3, 4)))
     with pytest.raises(ValueError, match="not fitted"):
         TNN(ok).predict(X)

@@ -15,6 +15,7 @@ from conftest import check_gradient
 
 def _fitted(rng, side=4, n_classes=3, epochs=1, n=12, **kw):
     kw.setdefault("dtype", "float64")
+    kw.setdefault("early_stopping", False)  # every image trains
     X = rng.random((n, side, side))
     y = np.arange(n) % n_classes
     return TTN2D(n_classes, epochs=epochs, batch_size=4, random_state=0, **kw).fit(X, y), X, y
@@ -75,9 +76,12 @@ def test_tree_equals_brute_force_on_8x8(rng, top):
     np.testing.assert_allclose(_exact_top(model, X[:4]), expected, rtol=1e-9,
                                atol=1e-12 * np.abs(expected).max())
     if top == "ovr":  # class score: each tree's "yes" minus its "no" (normalised)
-        s = model.decision_function(X[:4])
+        s = model._decision(X[:4])
         out = model._forward(X[:4])[0][:, :, 0, :]
         np.testing.assert_allclose(s, out[..., 1] - out[..., 0], rtol=1e-12)
+        # two classes: decision_function is the margin of the second class over the first
+        np.testing.assert_allclose(model.decision_function(X[:4]), s[:, 1] - s[:, 0],
+                                   rtol=1e-12)
 
 
 @pytest.mark.parametrize("top", ["multiclass", "ovr"])
@@ -100,7 +104,9 @@ def test_gradients_match_finite_differences(rng, top):
 def test_sweep_keeps_tensors_isometric_and_raises_fidelity(rng):
     X, y, _, _ = load_task("digits", size=8)
     X, y = X[:300], y[:300]
-    model = TTN2D(10, chi=4, solver="sweep", epochs=3, dtype="float64", random_state=0)
+    # every image in the sweeps, the last sweep's tensors kept (no early stopping)
+    model = TTN2D(10, chi=4, solver="sweep", epochs=3, dtype="float64", random_state=0,
+                  early_stopping=False)
     model.fit(X, y)
     assert max(model.isometry_errors()) <= 1e-8
     fid = [r["fidelity"] for r in model.history_]
@@ -142,12 +148,23 @@ def test_digits_adam_and_save_load(rng, tmp_path):
     model.fit(X_tr, y_tr)
     acc = model.score(X_te, y_te)
     assert acc >= 0.9, acc
+    # early stopping (on by default) kept the epoch that scored best on the held-out split
+    val = [r["val_accuracy"] for r in model.history_]
+    assert model.best_epoch_ == 1 + int(np.argmax(val))
+    # it stops n_iter_no_change epochs after the best one (or at the last epoch)
+    assert len(val) in (model.epochs, model.best_epoch_ + model.n_iter_no_change)
+    assert model.best_validation_score_ == max(val)
+    images = model._check_X(X_tr, fitted=True)
+    _, _, X_val, y_val = model._hold_out(images, model._class_indices(y_tr, len(y_tr)))
+    assert len(y_val) == int(np.ceil(0.1 * len(y_tr)))
+    assert np.mean(model._predict_index(X_val) == y_val) == model.best_validation_score_
     path = tmp_path / "ttn.npz"
     model.save(path)
     again = fasttn.load(path)
     assert isinstance(again, TTN2D)
     np.testing.assert_array_equal(again.decision_function(X_te), model.decision_function(X_te))
     assert again.history_ == model.history_
+    assert again.best_epoch_ == model.best_epoch_
 
 
 def test_ovr_trees_train(rng):
@@ -188,8 +205,6 @@ def test_finite_at_1024():
 
 
 @pytest.mark.parametrize("kwargs,shape,match", [
-    ({}, (4, 6, 6), "power of 2"),
-    ({}, (4, 8, 4), "square"),
     ({"chi": [2, 2, 2]}, (4, 8, 8), "chi: expected one value per level"),
     ({"chi": 0}, (4, 8, 8), "chi"),
     ({"top": "tree"}, (4, 8, 8), "top"),
@@ -201,19 +216,41 @@ def test_bad_configuration(rng, kwargs, shape, match):
         TTN2D(2, epochs=1, **kwargs).fit(rng.random(shape), np.array([0, 1, 0, 1]))
 
 
+@pytest.mark.parametrize("shape,match", [((6, 6), "power of 2"), ((8, 4), "square")])
+def test_images_are_padded_to_a_power_of_2_square(rng, shape, match):
+    # the tree itself runs on square images whose side is a power of 2 ...
+    with pytest.raises(ValueError, match=match):
+        TTN2D(2)._setup(shape)
+    # ... and fit pads others with zeros, centred, to the next such square
+    h, w = shape
+    X = rng.random((4, h, w))
+    model = TTN2D(2, chi=2, epochs=1, early_stopping=False, dtype="float64",
+                  random_state=0).fit(X, np.array([0, 1, 0, 1]))
+    assert model.input_shape_ == shape and model.network_shape_ == model.image_shape_ == (8, 8)
+    assert model.n_features_in_ == h * w
+    padded = np.zeros((4, 8, 8))
+    top, left = (8 - h) // 2, (8 - w) // 2
+    padded[:, top:top + h, left:left + w] = X
+    np.testing.assert_array_equal(model.log_scale(X), model._forward(padded)[3])
+    np.testing.assert_array_equal(model.predict(X.reshape(4, h * w)), model.predict(X))
+
+
 def test_bad_input(rng):
     model, X, y = _fitted(rng, side=4, chi=2, n_classes=2)
     with pytest.raises(ValueError, match="not fitted"):
         TTN2D(2).predict(X)
     with pytest.raises(ValueError, match=r"X: expected images of shape \(4, 4\)"):
         model.predict(rng.random((3, 8, 8)))
+    # beyond the training range [0, 1]: clipped at prediction, refused without scaling
+    np.testing.assert_array_equal(model.decision_function(X * 3),
+                                  model.decision_function(np.clip(X * 3, 0, 1)))
     with pytest.raises(ValueError, match=r"X: expected pixel values in \[0, 1\]"):
-        model.predict(X * 3)
+        TTN2D(2, epochs=1, input_scaling="none").fit(X * 3, y)
     bad = X.copy()
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="X"):
         model.predict(bad)
-    with pytest.raises(ValueError, match="y: expected labels in"):
+    with pytest.raises(ValueError, match="y: n_classes=2, but y holds 12 distinct labels"):
         TTN2D(2, epochs=1).fit(X, np.arange(X.shape[0]))
 
 

@@ -23,31 +23,37 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--n-test", type=int, default=None, help="use the first N test images")
     q.add_argument("--data-dir", default=None)
     _add_needle_source_options(q)
+    # model options default to None: the estimator's own defaults (what a bare QCNN() does)
     q.add_argument("--d", type=int, default=None,
-                   help="base width; widths d*(l+1) (default 18, or 8 for digits)")
+                   help="base width; widths d*(l+1) (default: the model's, 12)")
     q.add_argument("--feature-map", default=None, choices=["fourier", "legendre", "cos_sin"],
-                   help="default fourier, or cos_sin for digits (Fourier is periodic on [0, 1], "
-                        "so it cannot tell the black and white pixels of the digits apart)")
+                   help="default: the model's, cos_sin (Fourier is periodic on [0, 1], so it "
+                        "cannot tell black from white pixels)")
     q.add_argument("--n-features", type=int, default=None)
     q.add_argument("--constant", action="store_true", help="add the constant feature f_0 = 1")
-    q.add_argument("--pooling", default="1d", choices=["1d", "2d"])
-    q.add_argument("--child-weights", default="shared", choices=["shared", "separate"],
+    q.add_argument("--pooling", default=None, choices=["1d", "2d"])
+    q.add_argument("--child-weights", default=None, choices=["shared", "separate"],
                    help="shared: one 1x1 convolution per level (the paper), which makes every "
                         "product symmetric in its window's sites (an image and its upper/lower "
-                        "halves swapped score the same); separate: one convolution per window "
-                        "position (a stride-2 kernel), which removes that symmetry")
-    q.add_argument("--order", default="row", choices=["row", "column", "z"])
-    q.add_argument("--loss", default="cross_entropy", choices=["square", "cross_entropy"])
-    q.add_argument("--epochs", type=int, default=10)
-    q.add_argument("--batch-size", type=int, default=50)
-    q.add_argument("--lr", type=float, default=0.01)
-    q.add_argument("--weight-decay", type=float, default=0.01)
-    q.add_argument("--lr-step", type=int, default=10)
-    q.add_argument("--beta-init", type=float, default=1.0)
-    q.add_argument("--domain", default="auto", choices=["auto", "linear", "log"])
+                        "halves swapped score the same); separate (the model's default): one "
+                        "convolution per window position (a stride-2 kernel)")
+    q.add_argument("--order", default=None, choices=["row", "column", "z"])
+    q.add_argument("--loss", default=None, choices=["square", "cross_entropy"])
+    q.add_argument("--epochs", type=int, default=None,
+                   help="most epochs (early stopping on a held-out 10%% usually ends sooner)")
+    q.add_argument("--batch-size", type=int, default=None)
+    q.add_argument("--lr", type=float, default=None)
+    q.add_argument("--weight-decay", type=float, default=None)
+    q.add_argument("--lr-step", type=int, default=None)
+    q.add_argument("--beta-init", type=float, default=None)
+    q.add_argument("--domain", default=None, choices=["auto", "linear", "log"])
+    q.add_argument("--paper", action="store_true",
+                   help="start from the paper's configuration (QCNN.paper()) instead of the "
+                        "defaults; the other options override it")
     q.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     _add_device_option(q)
-    q.add_argument("--pad", action="store_true", help="zero-pad sides to powers of two")
+    q.add_argument("--pad", action=argparse.BooleanOptionalAction, default=None,
+                   help="zero-pad sides to powers of two (the model's default: yes)")
     q.add_argument("--augment-shift", type=float, default=0.0,
                    help="shift each training image by a random sub-pixel offset of up to this "
                         "many pixels per axis, fresh every batch (0: no augmentation)")
@@ -532,17 +538,15 @@ def _train_qcnn(args: argparse.Namespace) -> int:
     X_tr, y_tr, X_te, y_te = load_task(args.dataset, size=args.size, n_train=args.n_train,
                                        n_test=args.n_test, data_dir=args.data_dir,
                                        seed=args.seed, **_needle_kwargs(args))
-    digits = args.dataset == "digits"
-    n_classes = int(max(y_tr.max(), y_te.max())) + 1
-    model = fasttn.QCNN(
-        n_classes=max(n_classes, 2), d=args.d or (8 if digits else 18),
-        feature_map=args.feature_map or ("cos_sin" if digits else "fourier"),
-        n_features=args.n_features, constant=args.constant, pooling=args.pooling,
-        child_weights=args.child_weights, order=args.order, loss=args.loss, lr=args.lr,
-        weight_decay=args.weight_decay,
-        lr_step=args.lr_step, batch_size=args.batch_size, epochs=args.epochs,
-        beta_init=args.beta_init, domain=args.domain, pad=args.pad, dtype=args.dtype,
-        device=args.device, random_state=args.seed, verbose=0 if args.quiet else 1)
+    given = {name: getattr(args, name) for name in (
+        "d", "feature_map", "n_features", "pooling", "child_weights", "order", "loss", "lr",
+        "weight_decay", "lr_step", "batch_size", "epochs", "beta_init", "domain", "pad")}
+    params = {k: v for k, v in given.items() if v is not None}
+    if args.constant:
+        params["constant"] = True
+    make = fasttn.QCNN.paper if args.paper else fasttn.QCNN
+    model = make(**params, dtype=args.dtype, device=args.device, random_state=args.seed,
+                 verbose=0 if args.quiet else 1)
     print(f"q-CNN on {args.dataset}: {len(y_tr)} train / {len(y_te)} test images of "
           f"{X_tr.shape[1]}x{X_tr.shape[2]}; {model!r}")
     callbacks = []
@@ -561,7 +565,7 @@ def _train_qcnn(args: argparse.Namespace) -> int:
               **_epoch_scores(model, validation, X_te, y_te, callbacks))
     seconds = time.perf_counter() - t0
     acc = model.score(X_te, y_te)
-    best = f"  best epoch {model.best_epoch_}" if args.restore_best else ""
+    best = f"  best epoch {model.best_epoch_}" if model.best_epoch_ is not None else ""
     print(f"parameters {model.n_params_}  levels {model.n_levels_}  train time {seconds:.1f} s  "
           f"test accuracy {acc:.4f}{best}")
     if args.out:

@@ -275,7 +275,7 @@ if sys.argv[1] == "qcnn_level_forward":
 else:
     X = rng.random((8, 16, 16), dtype=np.float32)
     y = rng.integers(0, 10, 8)
-    m = fasttn.QCNN(n_classes=10, d=18, beta_init=1.0)
+    m = fasttn.QCNN.paper(n_classes=10, beta_init=1.0)
     m._check_config(); m._setup((16, 16)); m._init_params(rng)
     chains, opt = m._sites(X), AdamW(m._params())
     def call():

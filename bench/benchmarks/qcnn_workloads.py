@@ -2,7 +2,8 @@
 
 What is measured, on which inputs, and how much arithmetic and memory traffic it is.
 
-Models: ``fasttn.QCNN(d=18)`` with 1D pooling (the q-CNN paper's setting), float32, square
+Models: ``fasttn.QCNN.paper()`` (d=18, Fourier map, shared weights, row order, 1D pooling: the
+q-CNN paper's setting), float32, square
 loss, and the plain PyTorch version of the same model (``bench/baselines/torch_qcnn.py``) with
 the same dimensions and the same initial parameters (copied from the fasttn model).
 
@@ -86,8 +87,9 @@ class FasttnQCNN:
         batch = batch or BATCH[size]
         X, self.y, n_classes, self.source = images(size, batch)
         self.size, self.batch = size, batch
-        m = fasttn.QCNN(n_classes=n_classes, d=D, pooling="1d", loss="square", dtype="float32",
-                        batch_size=batch, beta_init=BETA_INIT, lr=LR, weight_decay=WEIGHT_DECAY)
+        m = fasttn.QCNN.paper(n_classes=n_classes, d=D, pooling="1d", loss="square",
+                              dtype="float32", batch_size=batch, beta_init=BETA_INIT, lr=LR,
+                              weight_decay=WEIGHT_DECAY)
         m._check_config()
         m._setup(X.shape[1:])
         m._init_params(np.random.default_rng(0))

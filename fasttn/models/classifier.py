@@ -321,7 +321,7 @@ class ImageClassifier(ClassifierMixin, Estimator):
                                                                "validation_data")
             patience = self.n_iter_no_change if self.early_stopping else None
             keep = self.early_stopping or restore_best
-            monitor = BestEpoch(lambda: float(np.mean(self._predict_index(Xv) == yv)),
+            monitor = BestEpoch(lambda: self._validation_score(Xv, yv),
                                 self._snapshot if keep else (lambda: None), patience,
                                 first_epoch=len(self.history_) + 1)
         return X, y, epochs, batch_size, rng, monitor
@@ -345,12 +345,20 @@ class ImageClassifier(ClassifierMixin, Estimator):
         val_idx.sort()
         return X[fit_idx], y[fit_idx], X[val_idx], y[val_idx]
 
+    def _validation_score(self, images: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
+        """``(accuracy, -log-loss)`` on held-out network images: the accuracy picks the best
+        epoch, the log-loss breaks its ties."""
+        log_p = self._log_proba(images)
+        accuracy = float(np.mean(np.argmax(log_p, axis=1) == y))
+        picked = np.maximum(log_p[np.arange(len(y)), y], -1e300)
+        return accuracy, float(np.mean(picked))
+
     def _finish_fit(self, monitor: Optional[BestEpoch]) -> None:
         """After the epochs: return to the best validation epoch where one was kept."""
         if monitor is not None and monitor.best_state is not None:
             self._restore(monitor.best_state)
             self.best_epoch_ = monitor.best_epoch
-            self.best_validation_score_ = monitor.best_score
+            self.best_validation_score_ = monitor.best_score[0]
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """Mean accuracy of :meth:`predict` on ``(X, y)``; ``y`` is checked like ``fit``'s

@@ -163,6 +163,17 @@ class MERA2D(ImageClassifier):
         self.random_state = random_state
         self.verbose = verbose
 
+    PAPER = dict(patch=4, chi=2, bond=2, constant=False, level_map="none", init="random",
+                 lr=0.0005, epochs=20, early_stopping=False)
+
+    @classmethod
+    def paper(cls, **params: Any) -> "MERA2D":
+        """The 2D MERA reference's block (``GridMERAin16``): raw 4x4 patches as sites
+        without a constant, bond dimensions 2, the exact multilinear network, Adam at
+        5e-4, 20 epochs, no early stopping; ``params`` override any of these. (On the
+        digits it scores far below the defaults: see the README.)"""
+        return cls(**{**cls.PAPER, **params})
+
     # ------------------------------------------------------------------ configuration
     def _check_config(self) -> None:
         self._check_classifier_config()

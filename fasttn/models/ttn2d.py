@@ -121,6 +121,15 @@ class TTN2D(ImageClassifier):
         self.random_state = random_state
         self.verbose = verbose
 
+    PAPER = dict(top="ovr", solver="sweep", chi=4, d=2, epochs=3, early_stopping=False)
+
+    @classmethod
+    def paper(cls, **params: Any) -> "TTN2D":
+        """Liu et al.'s tree as its reference code trains it: one binary tree per class,
+        bond dimension 4, the [cos, sin] map, three isometric environment-SVD sweeps, no
+        early stopping; ``params`` override any of these."""
+        return cls(**{**cls.PAPER, **params})
+
     # ------------------------------------------------------------------ configuration
     def _check_config(self) -> None:
         self._check_classifier_config()

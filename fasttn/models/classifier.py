@@ -364,13 +364,17 @@ class ImageClassifier(ClassifierMixin, Estimator):
         """Mean accuracy of :meth:`predict` on ``(X, y)``; ``y`` is checked like ``fit``'s
         labels (one per image, and of the kind of ``classes_``: strings against numbers is
         an error, not an accuracy of 0)."""
+        from sklearn.metrics import accuracy_score
+
         self._check_fitted()
-        n = np.asarray(X).shape[0] if np.ndim(X) else 0
-        y = self._as_label_vector(y, n)
+        images = self._check_X(X, fitted=True)
+        y = self._as_label_vector(y, images.shape[0])
         classes = getattr(self, "classes_", None)
+        pred = self._predict_index(images)
         if classes is not None:
             check_label_kind(y, classes)
-        return super().score(X, y, sample_weight=sample_weight)
+            pred = classes[pred]
+        return float(accuracy_score(y, pred, sample_weight=sample_weight))
 
     # -- predictions ---------------------------------------------------------------------
     def decision_function(self, X: Any, batch_size: Optional[int] = None) -> np.ndarray:

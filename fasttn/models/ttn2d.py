@@ -90,13 +90,13 @@ class TTN2D(ImageClassifier):
     _FITTED_ATTR = "weights_"
     _DEVICE_STATE = ("weights_",)
 
-    def __init__(self, n_classes: Optional[int] = None, chi: Union[int, Sequence[int]] = 4, d: int = 2,
+    def __init__(self, n_classes: Optional[int] = None, chi: Union[int, Sequence[int]] = 8, d: int = 2,
                  top: str = "multiclass", solver: str = "adam", lr: float = 0.01,
                  weight_decay: float = 0.0, lr_step: int = 10, lr_gamma: float = 0.5,
-                 batch_size: int = 64, epochs: int = 10, init_scale: float = 1.0,
+                 batch_size: int = 64, epochs: int = 15, init_scale: float = 1.0,
                  image_shape: Optional[Tuple[int, int]] = None, input_scaling: str = "auto",
                  early_stopping: bool = True, validation_fraction: float = 0.1,
-                 n_iter_no_change: int = 3,
+                 n_iter_no_change: int = 4,
                  dtype: str = "float32", device: str = "cpu",
                  random_state: Optional[int] = None, verbose: int = 0):
         self.n_classes = n_classes

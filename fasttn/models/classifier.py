@@ -24,7 +24,6 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from sklearn.base import ClassifierMixin
-from sklearn.model_selection import train_test_split
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
@@ -336,6 +335,8 @@ class ImageClassifier(ClassifierMixin, Estimator):
         present = int(np.count_nonzero(counts))
         if n_val < present or n - n_val < present or counts[counts > 0].min() < 2:
             return X, y, None, None
+        from sklearn.model_selection import train_test_split  # heavy: only when holding out
+
         seed = None if self.random_state is None else np.random.RandomState(
             self.random_state).randint(2 ** 31)
         idx = np.arange(n)

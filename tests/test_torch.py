@@ -444,7 +444,17 @@ def test_import_fasttn_does_not_import_torch():
 
 
 def test_missing_torch_says_how_to_install():
-    r = _python("import sys\nsys.modules['torch'] = None\n"
+    # A finder that refuses ``torch`` stands for an environment without it. Setting
+    # ``sys.modules['torch'] = None`` would not: array libraries look torch up there and
+    # expect a module or nothing.
+    r = _python("import sys, importlib.abc\n"
+                "class NoTorch(importlib.abc.MetaPathFinder):\n"
+                "    def find_spec(self, name, path=None, target=None):\n"
+                "        if name == 'torch' or name.startswith('torch.'):\n"
+                "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+                "        return None\n"
+                "sys.modules.pop('torch', None)\n"
+                "sys.meta_path.insert(0, NoTorch())\n"
                 "try:\n    import fasttn.torch\nexcept ImportError as e:\n    print(e)\n")
     assert r.returncode == 0, r.stderr
     assert "pip install 'fasttn[torch]'" in r.stdout

@@ -8,16 +8,16 @@ final name is always complete.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._atomic import publish_mode
+from .._atomic import (_DIR_LOCK, atomic_directory_temp, fsync_dir, fsync_file,
+                       publish_mode)
 from .errors import DatasetError, DatasetNotFoundError
 from .needle import NeedleMNIST, needle_mnist
 from .stream import BatchedDataset
@@ -53,7 +53,8 @@ def write_needle_dataset(out_dir: str | os.PathLike, dataset: NeedleMNIST | None
 
     Parameters
     ----------
-    out_dir : the directory to create. Its parent must exist.
+    out_dir : the directory to create (or an empty directory to fill). Its parent must
+        exist.
     dataset : the dataset to store; otherwise built by ``needle_mnist(**needle_kwargs)``
         (``size``, ``count``, ``split``, ``seed``, ``source``, ``target``, ...).
     overwrite : replace an existing ``out_dir`` (the old one is removed only after the new
@@ -68,7 +69,9 @@ def write_needle_dataset(out_dir: str | os.PathLike, dataset: NeedleMNIST | None
     Raises
     ------
     FileExistsError
-        ``out_dir`` exists and ``overwrite`` is False.
+        ``out_dir`` exists, is not an empty directory and ``overwrite`` is False; or
+        another writer finished it first (checked atomically at the end: of concurrent
+        writers exactly one succeeds, and nothing finished is ever deleted).
     """
     out_dir = Path(out_dir)
     if dataset is None:
@@ -77,33 +80,74 @@ def write_needle_dataset(out_dir: str | os.PathLike, dataset: NeedleMNIST | None
         raise TypeError(f"pass either dataset or needle_mnist arguments, not both (got "
                         f"{sorted(needle_kwargs)})")
     batch_size = check_positive_int("batch_size", batch_size)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"out_dir: {out_dir} already exists; choose another directory or "
-                              f"overwrite it (overwrite=True, --overwrite)")
+    if not overwrite:
+        _check_free(out_dir)
     if not out_dir.parent.is_dir():
         raise FileNotFoundError(f"out_dir: the parent directory {out_dir.parent} does not exist")
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    with atomic_directory_temp(out_dir) as tmp:
         _write_images(tmp / "images.npy", dataset, batch_size, progress)
         np.save(tmp / "labels.npy", dataset.labels)
         np.save(tmp / "needle_boxes.npy", dataset.needle_boxes())
         meta = {"format": FORMAT, **dataset.metadata()}
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / _DIR_LOCK).unlink()  # the lock stays held through its open descriptor
         for item in tmp.iterdir():
+            fsync_file(item)
             publish_mode(item)
         publish_mode(tmp, directory=True)
-        if out_dir.exists():
-            # keep the old copy until the new one is in place
-            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-            os.replace(out_dir, old / out_dir.name)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _publish(tmp, out_dir, overwrite)
+    fsync_dir(out_dir.parent)
     return out_dir
+
+
+def _check_free(out_dir: Path) -> None:
+    """Refuse an ``out_dir`` that holds anything (an empty directory is used)."""
+    if out_dir.is_dir() and not out_dir.is_symlink():
+        if next(os.scandir(out_dir), None) is None:
+            return
+        what = "already exists and is not empty"
+    elif os.path.lexists(out_dir):
+        what = "already exists and is not a directory"
+    else:
+        return
+    raise FileExistsError(f"out_dir: {out_dir} {what}; choose another directory or "
+                          f"overwrite it (overwrite=True, --overwrite)")
+
+
+def _publish(tmp: Path, out_dir: Path, overwrite: bool) -> None:
+    """Rename the finished ``tmp`` to ``out_dir``.
+
+    ``rename`` of a directory replaces only a missing or empty destination, atomically: of
+    two writers racing for one ``out_dir``, exactly one wins, whatever the timing, and the
+    other's data never replaces it (the check at the start cannot promise that alone).
+    With ``overwrite`` the current ``out_dir`` is moved aside first and removed only once
+    the new one is in place.
+    """
+    for _ in range(8):  # overwrite: another writer may slip in between aside and rename
+        try:
+            os.rename(tmp, out_dir)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise
+            if not overwrite:
+                raise FileExistsError(
+                    f"out_dir: {out_dir} was written by another process while this one "
+                    f"was generating; it is kept as that process wrote it (pass "
+                    f"overwrite=True, --overwrite, to replace it)") from exc
+        with atomic_directory_temp(out_dir) as old:
+            try:
+                os.rename(out_dir, old / "previous")
+            except FileNotFoundError:
+                pass
+            try:
+                os.rename(tmp, out_dir)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+    raise FileExistsError(f"out_dir: {out_dir} keeps being replaced by other writers; "
+                          f"gave up")
 
 
 class NeedleDataset(BatchedDataset):

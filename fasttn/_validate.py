@@ -149,3 +149,33 @@ def check_choice(name: str, v: Any, choices: Sequence[Any]) -> Any:
     if v not in choices:
         raise ValueError(f"{name}: expected one of {list(choices)}, got {v!r}")
     return v
+
+
+def check_number(name: str, v: Any, low: Optional[float] = None, high: Optional[float] = None,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """A finite real number (not a bool) in the given interval; returned as a float.
+
+    Parameters
+    ----------
+    low, high : float, optional
+        Bounds of the interval (None: unbounded on that side).
+    low_open, high_open : bool
+        Exclude the bound itself.
+    """
+    lo_br, hi_br = ("(" if low_open or low is None else "["), (")" if high_open or high is None
+                                                                 else "]")
+    what = ("a finite number" if low is None and high is None else
+            f"a finite number in {lo_br}{'-inf' if low is None else low}, "
+            f"{'inf' if high is None else high}{hi_br}")
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
+                                                             np.floating)):
+        raise ValueError(f"{name}: expected {what}, got {v!r}")
+    x = float(v)
+    ok = np.isfinite(x)
+    if ok and low is not None:
+        ok = x > low if low_open else x >= low
+    if ok and high is not None:
+        ok = x < high if high_open else x <= high
+    if not ok:
+        raise ValueError(f"{name}: expected {what}, got {v!r}")
+    return x

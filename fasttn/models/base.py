@@ -11,6 +11,7 @@ fit (:meth:`Estimator._place_state`) and move each batch there once
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -56,13 +57,93 @@ def register(cls):
     return cls
 
 
+def _copy_state(value: Any) -> Any:
+    """A copy of learned state deep enough to survive in-place training: arrays (NumPy or
+    device) are copied, containers rebuilt, anything else (numbers, strings, immutable
+    objects) kept by reference."""
+    if isinstance(value, np.ndarray) or (hasattr(value, "__cuda_array_interface__")
+                                         and hasattr(value, "copy")):
+        return value.copy()
+    if isinstance(value, list):
+        return [_copy_state(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_copy_state(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _copy_state(v) for k, v in value.items()}
+    return value
+
+
+_FITTING: set = set()  # ids of estimators inside a transactional fit (no nested snapshots)
+
+
+def _transactional(fit: Callable) -> Callable:
+    """Wrap a ``fit`` so that it either succeeds with finite parameters or leaves the
+    estimator exactly as it was before the call.
+
+    Every way a fit can fail (a bad argument found late, a diverging warm start, an
+    interrupt, parameters that end non-finite) goes through this one place, rather than a
+    check per failure: the learned state is copied before the call and put back, bit for
+    bit, when the call raises.
+    """
+    @functools.wraps(fit)
+    def wrapper(self, *args, **kwargs):
+        if id(self) in _FITTING:
+            return fit(self, *args, **kwargs)
+        saved = self._fit_checkpoint()
+        _FITTING.add(id(self))
+        try:
+            result = fit(self, *args, **kwargs)
+            self._check_finite_state()
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+        finally:
+            _FITTING.discard(id(self))
+        return result
+
+    wrapper._transactional = True
+    return wrapper
+
+
 class Estimator(BaseEstimator):
     """scikit-learn estimator base: hyper-parameters are constructor arguments stored
     unchanged (so ``clone``, ``get_params`` and grid searches work), learned state ends in
-    ``_``; device placement and checkpoints."""
+    ``_``; device placement and checkpoints.
+
+    Every ``fit`` of a subclass is transactional (:func:`_transactional`): it returns
+    finite parameters or raises and leaves the estimator as it was.
+    """
 
     # Attributes holding lists of learned arrays that live on the model's device.
     _DEVICE_STATE: Tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        fit = cls.__dict__.get("fit")
+        if fit is not None and not getattr(fit, "_transactional", False):
+            cls.fit = _transactional(fit)
+
+    def _fit_checkpoint(self) -> Dict[str, Any]:
+        """The instance's attributes as ``fit`` must find them again if it fails:
+        hyper-parameters by reference (a fit never changes them, and a TNN's layer objects
+        must stay the caller's), learned state copied."""
+        params = set(self._get_param_names())
+        return {k: (v if k in params else _copy_state(v)) for k, v in self.__dict__.items()}
+
+    def _check_finite_state(self) -> None:
+        """Raise FloatingPointError if a learned array holds NaN or Inf (checked at the
+        end of every fit, so that no fit returns a model that predicts garbage)."""
+        if not self.__sklearn_is_fitted__():
+            return
+        for name, a in self._state_arrays().items():
+            xp = backend.array_module(a)
+            if getattr(a, "dtype", None) is not None and a.dtype.kind in "fc" \
+                    and not bool(xp.all(xp.isfinite(a))):
+                raise FloatingPointError(
+                    f"fit: the learned array {name} holds NaN or Inf after training (the "
+                    f"training diverged; lower lr, or check the hyper-parameters); "
+                    f"{type(self).__name__} is left as it was before this fit")
 
     # -- device placement ----------------------------------------------------------------
     @property

@@ -27,8 +27,8 @@ from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
-from .._validate import (check_choice, check_dtype, check_finite, check_positive_int,
-                         check_real_array)
+from .._validate import (check_choice, check_dtype, check_finite, check_number,
+                         check_positive_int, check_real_array)
 from ..train.early_stopping import BestEpoch
 from .base import Estimator
 
@@ -108,6 +108,14 @@ class ImageClassifier(ClassifierMixin, Estimator):
         check_dtype("dtype", self.dtype)
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("epochs", self.epochs)
+        # the optimizer's settings, of the models trained by AdamW: a NaN or negative value
+        # would fail only after training (or silently give NaN parameters)
+        for name, low, low_open in (("lr", 0, False), ("weight_decay", 0, False),
+                                    ("lr_gamma", 0, True)):
+            if hasattr(self, name):
+                check_number(name, getattr(self, name), low, low_open=low_open)
+        if hasattr(self, "lr_step"):
+            check_positive_int("lr_step", self.lr_step)
 
     # -- images --------------------------------------------------------------------------
     def _network_shape(self, height: int, width: int) -> Tuple[int, int]:
@@ -382,11 +390,13 @@ class ImageClassifier(ClassifierMixin, Estimator):
         """Class scores ``(n, n_classes_)``, columns in the order of ``classes_``; for two
         classes the margin of the second over the first, ``(n,)`` (scikit-learn's
         convention)."""
+        batch_size = check_batch_size(batch_size)
         self._check_fitted()
         return binary_margin(self._decision(self._check_X(X, fitted=True), batch_size))
 
     def predict(self, X: Any, batch_size: Optional[int] = None) -> np.ndarray:
         """Predicted labels (from ``classes_``), one per image."""
+        batch_size = check_batch_size(batch_size)
         self._check_fitted()
         index = self._predict_index(self._check_X(X, fitted=True), batch_size)
         classes = getattr(self, "classes_", None)
@@ -395,11 +405,13 @@ class ImageClassifier(ClassifierMixin, Estimator):
     def predict_proba(self, X: Any, batch_size: Optional[int] = None) -> np.ndarray:
         """Class probabilities ``(n, n_classes_)``, columns in the order of ``classes_``;
         rows sum to 1."""
+        batch_size = check_batch_size(batch_size)
         self._check_fitted()
         return np.exp(self._log_proba(self._check_X(X, fitted=True), batch_size))
 
     def predict_log_proba(self, X: Any, batch_size: Optional[int] = None) -> np.ndarray:
         """Logarithms of :meth:`predict_proba`."""
+        batch_size = check_batch_size(batch_size)
         self._check_fitted()
         return self._log_proba(self._check_X(X, fitted=True), batch_size)
 
@@ -447,6 +459,12 @@ class ImageClassifier(ClassifierMixin, Estimator):
                              f"{self.input_scale_}")
         self.n_features_in_ = int(np.prod(self.input_shape_))
         self.best_epoch_ = meta.get("best_epoch")
+
+
+def check_batch_size(batch_size: Any) -> Optional[int]:
+    """A prediction's ``batch_size``: None (the model's default) or a positive integer
+    (0 is not read as the default)."""
+    return None if batch_size is None else check_positive_int("batch_size", batch_size)
 
 
 def check_label_kind(y: np.ndarray, classes: np.ndarray) -> None:

@@ -14,14 +14,14 @@ import numpy as np
 
 from .. import ops
 from ..backend import array_module, to_numpy
-from .._validate import check_choice, check_positive_int
+from .._validate import check_choice, check_number, check_positive_int
 from ..ops.feature_maps import FEATURE_MAPS, n_channels
 from ..ops.layout import SITE_ORDERS, site_order
 from ..ops.site_norm import unit_sites, unit_sites_log
 from ..train import AdamW, StepLR, loss_fn, n_correct
 from ..train.loop import fit_loop
 from .base import augmented, check_augment, register
-from .classifier import ImageClassifier, binary_margin
+from .classifier import ImageClassifier, binary_margin, check_batch_size
 from .layer_outputs import gather_layer_outputs
 
 DOMAINS = ("auto", "linear", "log")
@@ -214,6 +214,32 @@ class QCNN(ImageClassifier):
         check_choice("loss", self.loss, ("square", "cross_entropy"))
         check_choice("domain", self.domain, DOMAINS)
         self._check_device()
+        # running statistics blend with weights (1 - momentum, momentum): outside [0, 1]
+        # they leave the convex hull, and variances turn negative, then NaN
+        check_number("momentum", self.momentum, 0, 1)
+        check_number("eps", self.eps, 0, low_open=True)
+        check_number("beta_init", self.beta_init)
+        if self.n_features is not None:
+            check_positive_int("n_features", self.n_features)
+        if self.widths is not None:  # integers: 2.7 is not silently 2, 'a' not a raw error
+            try:
+                widths = list(self.widths)
+            except TypeError:
+                widths = None
+            if widths is None or not all(isinstance(w, (int, np.integer))
+                                         and not isinstance(w, bool) and w >= 1
+                                         for w in widths):
+                raise ValueError(f"widths: expected positive level widths (a list of "
+                                 f"integers), got {self.widths!r}")
+        try:
+            n_channels(self.feature_map, self._n_features(), self.constant)
+        except ValueError as exc:
+            if self.n_features is not None:
+                raise
+            # the count came from d: say so, not n_features (which the caller left None)
+            raise ValueError(f"d: n_features=None takes d={self.d} feature channels, and "
+                             f"{str(exc).split(': ', 1)[1]}; pass another d or "
+                             f"n_features") from None
 
     def _n_features(self) -> int:
         if self.n_features is not None:
@@ -542,6 +568,7 @@ class QCNN(ImageClassifier):
             the first), or with ``log`` the pair ``(log|alpha|, sign)``, each
             ``(n, n_classes_)``.
         """
+        batch_size = check_batch_size(batch_size)
         self._check_fitted()
         images = self._check_X(X, fitted=True)
         if log:

@@ -7,6 +7,7 @@ import numpy as np
 
 from .._numba import njit
 from ..backend import array_module
+from .._validate import check_number, check_positive_int
 
 
 @njit(error_model="numpy")  # no fastmath: an overflowing moment must stay inf, not UB
@@ -32,15 +33,28 @@ class AdamW:
         crosses to the host but one finiteness flag per gradient.
     lr, betas, eps, weight_decay : float
         Standard AdamW hyper-parameters (defaults: the q-CNN paper's lr 0.01, decay 0.01).
+        Checked here, where every model's training passes: a NaN, infinite or negative
+        value would turn every parameter into NaN without any gradient being non-finite.
+
+    Raises
+    ------
+    ValueError
+        ``lr`` or ``weight_decay`` not a finite number >= 0, ``betas`` not two numbers in
+        [0, 1), ``eps`` not a finite number > 0 (the message names the argument).
     """
 
     def __init__(self, params: Sequence[np.ndarray], lr: float = 0.01,
                  betas: tuple = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
         self.params = list(params)
-        self.lr = float(lr)
-        self.betas = betas
-        self.eps = float(eps)
-        self.weight_decay = float(weight_decay)
+        self.lr = check_number("lr", lr, 0)
+        try:
+            b1, b2 = betas
+        except (TypeError, ValueError):
+            raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}") from None
+        self.betas = (check_number("betas", b1, 0, 1, high_open=True),
+                      check_number("betas", b2, 0, 1, high_open=True))
+        self.eps = check_number("eps", eps, 0, low_open=True)
+        self.weight_decay = check_number("weight_decay", weight_decay, 0)
         # Moments in float64, beside each parameter: cheap (the parameters are few) and free
         # of float32 drift.
         self.m = [array_module(p).zeros(p.shape, dtype=np.float64) for p in self.params]
@@ -104,9 +118,10 @@ class StepLR:
     def __init__(self, optimizer: AdamW, step_size: int = 10, gamma: float = 0.5):
         self.optimizer = optimizer
         self.base_lr = optimizer.lr
-        self.step_size = step_size
-        self.gamma = gamma
+        self.step_size = check_positive_int("lr_step", step_size)
+        self.gamma = check_number("lr_gamma", gamma, 0, low_open=True)
 
     def set_epoch(self, epoch: int) -> float:
+        # a tiny gamma over many epochs underflows to 0 (a no-op step), never to NaN
         self.optimizer.lr = self.base_lr * self.gamma ** (epoch // self.step_size)
         return self.optimizer.lr

@@ -35,8 +35,8 @@ from ..train.loop import fit_loop
 from ..train.sweeps import MPOSweep, run_sweep
 from .base import Estimator, register
 from .classifier import check_label_kind
-from .tnn_layers import (Dense, Layer, TNLayer, activation_forward, fusable, fused_backward,
-                         fused_forward, layer_from_config)
+from .tnn_layers import (Dense, Layer, TNLayer, activation_forward, factor_dims, fusable,
+                         fused_backward, fused_forward, layer_from_config)
 
 LOSSES = ("auto", "cross_entropy", "mse")
 SOLVERS = ("adam", "sweep")
@@ -57,18 +57,30 @@ def _as_layers(layers: Sequence[Any]) -> List[Layer]:
     return out
 
 
+#: The default stack's hidden layer: 512 ReLU units on 3 sites (8 x 8 x 8 outputs) with bond
+#: dimension 16, chosen by 5-fold cross-validation on the digits' training split (0.974 with
+#: Adam; 0.962 for the 64-unit, 6-site, bond-4 layer it replaces, which underfits the classes
+#: it has to separate).
+DEFAULT_HIDDEN_DIMS = (8, 8, 8)
+DEFAULT_BOND = 16
+
+
 def default_layers(n_features: int, n_classes: int) -> List[Dict[str, Any]]:
     """The classifier that ``TNN(layers=None)`` builds for ``n_features`` inputs and
-    ``n_classes`` classes: one ReLU ``TNLayer`` of width ``2^m`` (``m`` sites of 2 x 2
-    cores, bond dimension 4), then a softmax ``Dense`` head. Inputs whose width is not a
-    power of two (or below 4) first go through a frozen ``Dense`` to the next one (a fixed
-    random linear map, which loses nothing when it widens)."""
-    width = max(1 << (int(n_features) - 1).bit_length(), 4)
-    sites = width.bit_length() - 1
+    ``n_classes`` classes: one ReLU ``TNLayer`` of 512 units (3 sites, outputs 8 x 8 x 8,
+    inputs split into 3 near-equal factors, bond dimension 16), then a softmax ``Dense``
+    head. Inputs whose width does not split into 3 factors > 1 (primes, widths below 8)
+    first go through a frozen ``Dense`` to the next power of two >= 8 (a fixed random
+    linear map, which loses nothing when it widens)."""
+    sites = len(DEFAULT_HIDDEN_DIMS)
     layers: List[Layer] = []
-    if width != n_features:
-        layers.append(Dense(width, trainable=False))
-    layers += [TNLayer(width, n_sites=sites, bond_dim=4, activation="relu"),
+    try:
+        factor_dims(int(n_features), sites, "n_features")
+    except ValueError:
+        layers.append(Dense(max(1 << (int(n_features) - 1).bit_length(), 1 << sites),
+                            trainable=False))
+    layers += [TNLayer(int(np.prod(DEFAULT_HIDDEN_DIMS)), n_sites=sites,
+                       out_dims=DEFAULT_HIDDEN_DIMS, bond_dim=DEFAULT_BOND, activation="relu"),
                Dense(int(n_classes), activation="softmax")]
     return [layer.get_config() for layer in layers]
 
@@ -89,10 +101,11 @@ class TNN(Estimator):
 
     Parameters
     ----------
-    layers : list of Dense / TNLayer (or their config dicts)
+    layers : list of Dense / TNLayer (or their config dicts), optional
         Applied in order to feature vectors; the last layer's activation and size fix the
         task: softmax (or a single sigmoid unit) for classification, anything else for
-        regression.
+        regression. ``None`` (default): a classifier built at ``fit`` from the data's width
+        and classes, see :func:`default_layers` (stored in ``layer_configs_``).
     loss : {"auto", "cross_entropy", "mse"}
         ``auto``: cross-entropy after a softmax or sigmoid output, else mean squared error.
     solver : {"adam", "sweep"}

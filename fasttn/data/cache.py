@@ -234,26 +234,112 @@ def load_needle_dataset(path: str | os.PathLike) -> NeedleDataset:
         raise DatasetNotFoundError(f"{path}: not a NeedleMNIST cache (missing "
                                    f"{', '.join(missing)}); write one with `fasttn data needle "
                                    f"--out {path}` or write_needle_dataset()")
+    metadata = _read_metadata(path / "metadata.json")
+    n, size = metadata["count"], metadata["size"]
+    # Every array's header is read and checked against the metadata and its file's length
+    # before any data is read: nothing is allocated beyond what the files hold.
+    offset = _check_npy(path / "images.npy", (n, size, size), "u", itemsize=1)
+    images = np.memmap(path / "images.npy", dtype=np.uint8, mode="r", offset=offset,
+                       shape=(n, size, size))
+    _check_npy(path / "labels.npy", (n,), "iu")
+    _check_npy(path / "needle_boxes.npy", (n, 4), "iu")
     try:
-        metadata = json.loads((path / "metadata.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"{path / 'metadata.json'}: unreadable ({exc})") from exc
-    if metadata.get("format") != FORMAT:
-        raise DatasetError(f"{path / 'metadata.json'}: expected format {FORMAT!r}, got "
-                           f"{metadata.get('format')!r}")
-    try:
-        images = np.load(path / "images.npy", mmap_mode="r")
-        labels = np.load(path / "labels.npy")
-        boxes = np.load(path / "needle_boxes.npy")
+        labels = np.load(path / "labels.npy", allow_pickle=False).astype(np.int64)
+        boxes = np.load(path / "needle_boxes.npy", allow_pickle=False).astype(np.int64)
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{path}: unreadable cache file ({exc})") from exc
-    n, size = metadata["count"], metadata["size"]
-    checks = [("images.npy", images.shape, (n, size, size)), ("labels.npy", labels.shape, (n,)),
-              ("needle_boxes.npy", boxes.shape, (n, 4))]
-    for name, got, want in checks:
-        if tuple(got) != tuple(want):
-            raise DatasetError(f"{path / name}: expected shape {tuple(want)} from metadata.json, "
-                               f"got {tuple(got)}")
-    if images.dtype != np.uint8:
-        raise DatasetError(f"{path / 'images.npy'}: expected uint8, got {images.dtype}")
-    return NeedleDataset(path, images, labels.astype(np.int64), boxes.astype(np.int64), metadata)
+    # the generator's labels: image 2k holds the needle, 2k + 1 does not
+    want = 1 - np.arange(n, dtype=np.int64) % 2
+    if not np.array_equal(labels, want):
+        bad = int(np.flatnonzero(labels != want)[0])
+        raise DatasetError(f"{path / 'labels.npy'}: labels: expected 1 at even and 0 at odd "
+                           f"indices ({metadata['n_positive']} positives, "
+                           f"{metadata['n_negative']} negatives in metadata.json), got "
+                           f"{labels[bad]} at index {bad}")
+    if np.any(boxes[want == 0] != -1) or np.any(boxes[want == 1] < 0):
+        raise DatasetError(f"{path / 'needle_boxes.npy'}: needle_boxes: expected -1 rows for "
+                           f"the negatives (odd indices) and non-negative boxes for the "
+                           f"positives")
+    return NeedleDataset(path, images, labels, boxes, metadata)
+
+
+# metadata.json fields a reader relies on: name -> (check, what is expected)
+def _is_int(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+_METADATA_FIELDS = {
+    "count": (lambda v: _is_int(v, 1), "a positive integer"),
+    "size": (lambda v: _is_int(v, 1), "a positive integer"),
+    "seed": (lambda v: _is_int(v, 0), "a non-negative integer"),
+    "target": (lambda v: _is_int(v, 0), "a non-negative integer"),
+    "noise_digits": (lambda v: _is_int(v, 0), "a non-negative integer"),
+    "n_positive": (lambda v: _is_int(v, 0), "a non-negative integer"),
+    "n_negative": (lambda v: _is_int(v, 0), "a non-negative integer"),
+    "split": (lambda v: isinstance(v, str), "a string"),
+    "source": (lambda v: isinstance(v, str), "a string"),
+    "o2i": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+            and np.isfinite(v) and 0 < v <= 1, "a number in (0, 1]"),
+}
+
+
+def _read_metadata(path: Path) -> dict[str, Any]:
+    """``metadata.json``, every field a reader uses checked for its type and range."""
+    try:
+        text = path.read_text()
+        metadata = json.loads(text)
+    except (OSError, ValueError, RecursionError) as exc:
+        raise DatasetError(f"{path}: unreadable ({exc})") from exc
+    if not isinstance(metadata, dict):
+        raise DatasetError(f"{path}: expected a JSON object, got a "
+                           f"{type(metadata).__name__}")
+    if metadata.get("format") != FORMAT:
+        raise DatasetError(f"{path}: format: expected {FORMAT!r}, got "
+                           f"{metadata.get('format')!r}")
+    for name, (ok, what) in _METADATA_FIELDS.items():
+        if name not in metadata:
+            raise DatasetError(f"{path}: {name}: missing (expected {what})")
+        if not ok(metadata[name]):
+            raise DatasetError(f"{path}: {name}: expected {what}, got {metadata[name]!r}")
+    n = metadata["count"]
+    if metadata["n_positive"] + metadata["n_negative"] != n \
+            or metadata["n_positive"] != (n + 1) // 2:
+        raise DatasetError(f"{path}: n_positive, n_negative: expected {(n + 1) // 2} and "
+                           f"{n // 2} for count {n}, got {metadata['n_positive']} and "
+                           f"{metadata['n_negative']}")
+    return metadata
+
+
+def _check_npy(path: Path, shape: tuple, kinds: str, itemsize: int | None = None) -> int:
+    """Check an ``.npy`` file's header (C order, an element type of ``kinds``, ``shape``)
+    and that the file holds exactly that much data; return the data's offset."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                got_shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                got_shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+            offset = f.tell()
+            length = os.fstat(f.fileno()).st_size
+    except (OSError, ValueError, SyntaxError, TypeError) as exc:
+        raise DatasetError(f"{path}: not a readable .npy file ({exc})") from exc
+    if dtype.kind not in kinds or dtype.hasobject or (itemsize and dtype.itemsize != itemsize):
+        raise DatasetError(f"{path}: dtype: expected {_KIND_NAMES[kinds]}, got {dtype}")
+    if fortran and len(got_shape) > 1:
+        # the images are read by byte offset, image after image: C order only
+        raise DatasetError(f"{path}: fortran_order: expected C order (False), got True")
+    if tuple(got_shape) != tuple(shape):
+        raise DatasetError(f"{path}: shape: expected {tuple(shape)} from metadata.json, got "
+                           f"{tuple(got_shape)}")
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if length - offset != need:
+        raise DatasetError(f"{path}: expected {need} bytes of data after the header for "
+                           f"shape {tuple(shape)}, the file holds {length - offset}"
+                           f"{' (truncated)' if length - offset < need else ''}")
+    return offset
+
+
+_KIND_NAMES = {"u": "uint8", "iu": "integers"}

@@ -6,12 +6,14 @@ big-endian. Gzip is recognised by its own magic bytes, not by the file name.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
+import math
 import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -27,22 +29,41 @@ _IDX_CODES = {dt.newbyteorder("="): code for code, dt in _IDX_DTYPES.items()}
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _read_payload(path: Path) -> bytes:
-    """All bytes of the IDX stream in ``path``, decompressing gzip; corrupt gzip -> DatasetError."""
-    with open(path, "rb") as f:  # FileNotFoundError passes through unchanged
-        compressed = f.read(2) == _GZIP_MAGIC
-        f.seek(0)
-        if not compressed:
-            return f.read()
+_CHUNK = 1 << 22  # bytes read at a time from a gzip stream
+
+
+def _read_stream(path: Path, f, n: int) -> bytes:
+    """Up to ``n`` bytes of ``f`` (fewer at its end), read in chunks, so that memory grows
+    with the bytes that are really there, never with a length a header only declares."""
+    parts, got = [], 0
+    while got < n:
         try:
-            with gzip.GzipFile(fileobj=f, mode="rb") as g:
-                return g.read()
+            chunk = f.read(min(_CHUNK, n - got))
         except EOFError as exc:
             raise DatasetError(f"{path}: truncated gzip stream (the file ends before the gzip "
                                f"end-of-stream marker); copy or download it again") from exc
         except (gzip.BadGzipFile, zlib.error) as exc:
             raise DatasetError(f"{path}: corrupt gzip stream ({exc}); copy or download it "
                                f"again") from exc
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+@contextlib.contextmanager
+def _open_stream(path: Path) -> Iterator:
+    """The IDX stream in ``path``: the file, or its gzip decompression (recognised by the
+    magic bytes, not the name)."""
+    with open(path, "rb") as f:  # FileNotFoundError passes through unchanged
+        compressed = f.read(2) == _GZIP_MAGIC
+        f.seek(0)
+        if not compressed:
+            yield f
+            return
+        with gzip.GzipFile(fileobj=f, mode="rb") as g:
+            yield g
 
 
 def _parse_header(path: Path, data: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
@@ -80,6 +101,10 @@ def load_idx(path: str | os.PathLike, *, ndim: int | None = None,
     array : (d0, d1, ...) in the file's element type (``uint8`` for images and labels), native
         byte order, writable.
 
+    Memory: at most twice the data the file really holds; a length that the header only
+    declares is never allocated (raw files are checked against their size before reading,
+    gzip streams are read in chunks).
+
     Raises
     ------
     FileNotFoundError
@@ -89,24 +114,37 @@ def load_idx(path: str | os.PathLike, *, ndim: int | None = None,
         declared shape other than ``ndim``/``shape``. The message names the file.
     """
     path = Path(path)
-    data = _read_payload(path)
-    dtype, dims, header_len = _parse_header(path, data)
-    if ndim is not None and len(dims) != ndim:
-        raise DatasetError(f"{path}: expected a {ndim}-dimensional IDX array, the header "
-                           f"declares shape {dims}")
-    if shape is not None and (len(shape) != len(dims)
-                              or any(s is not None and s != d for s, d in zip(shape, dims))):
-        want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
-        raise DatasetError(f"{path}: expected IDX shape {want}, the header declares {dims}")
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    found = len(data) - header_len
+    with _open_stream(path) as f:
+        head = _read_stream(path, f, 4)
+        if len(head) == 4 and head[:2] == b"\x00\x00":
+            head += _read_stream(path, f, 4 * head[3])
+        dtype, dims, header_len = _parse_header(path, head)
+        if ndim is not None and len(dims) != ndim:
+            raise DatasetError(f"{path}: expected a {ndim}-dimensional IDX array, the header "
+                               f"declares shape {dims}")
+        if shape is not None and (len(shape) != len(dims)
+                                  or any(s is not None and s != d for s, d in zip(shape, dims))):
+            want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
+            raise DatasetError(f"{path}: expected IDX shape {want}, the header declares "
+                               f"{dims}")
+        # Python integers: a product of 255 lengths up to 2**32 does not overflow
+        expected = math.prod(dims) * dtype.itemsize
+        if f is not None and not isinstance(f, gzip.GzipFile):
+            found = os.fstat(f.fileno()).st_size - header_len  # known before reading
+            if found < expected:
+                raise DatasetError(f"{path}: truncated: the header declares shape {dims} "
+                                   f"({expected} bytes of data), the file holds {found} bytes")
+        data = _read_stream(path, f, expected)
+        trailing = len(_read_stream(path, f, 1 << 20))
+    found = len(data)
     if found < expected:
         raise DatasetError(f"{path}: truncated: the header declares shape {dims} "
                            f"({expected} bytes of data), the file holds {found} bytes")
-    if found > expected:
-        raise DatasetError(f"{path}: {found - expected} unexpected trailing bytes after the "
+    if trailing:
+        more = "" if trailing < 1 << 20 else " or more"
+        raise DatasetError(f"{path}: {trailing}{more} unexpected trailing bytes after the "
                            f"{expected} bytes of data declared by shape {dims}")
-    flat = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header_len)
+    flat = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize)
     return flat.reshape(dims).astype(dtype.newbyteorder("="), copy=True)
 
 

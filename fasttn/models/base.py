@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import math
 import os
 import zipfile
 from types import ModuleType
@@ -215,6 +216,48 @@ class Estimator(BaseEstimator):
     def _set_contract_state(self, meta: Dict[str, Any]) -> None:
         """Restore :meth:`_contract_meta` from a checkpoint, before the model's arrays."""
 
+    def _check_config(self) -> None:
+        """Check the hyper-parameters (models override)."""
+
+    # Learned arrays (name prefixes) that are never negative: a checkpoint holding a
+    # negative one is refused (e.g. batch-norm running variances).
+    _NONNEGATIVE_STATE: Tuple[str, ...] = ()
+
+    def _state_spec(self) -> Optional[Dict[str, Tuple[Tuple[int, ...], np.dtype]]]:
+        """``name: (shape, dtype)`` of every learned array, from the hyper-parameters and
+        the set-up geometry alone (nothing allocated); None where a model cannot say."""
+        return None
+
+    def _check_checkpoint_arrays(self, arrays: Dict[str, np.ndarray],
+                                 meta: Dict[str, Any]) -> None:
+        """Check a checkpoint's arrays before :meth:`_set_state` uses them: finite, in
+        range, and (where the model gives :meth:`_state_spec`) exactly the names, shapes
+        and dtypes its parameters imply."""
+        spec = self._checkpoint_spec(meta)
+        if spec is not None:
+            missing, extra = sorted(set(spec) - set(arrays)), sorted(set(arrays) - set(spec))
+            if missing or extra:
+                raise ValueError(f"{(missing or extra)[0]}: expected the arrays "
+                                 f"{sorted(spec)[:8]}{'...' if len(spec) > 8 else ''} of "
+                                 f"the saved parameters; missing {missing[:4]}, unexpected "
+                                 f"{extra[:4]}")
+            for name, (shape, dtype) in spec.items():
+                a = arrays[name]
+                if tuple(a.shape) != tuple(shape) or a.dtype != dtype:
+                    raise ValueError(f"{name}: expected shape {tuple(shape)} of {dtype}, got "
+                                     f"shape {tuple(a.shape)} of {a.dtype}")
+        for name, a in arrays.items():
+            n_bad = int(np.count_nonzero(~np.isfinite(a)))
+            if n_bad:
+                raise ValueError(f"{name}: expected finite values, got {n_bad} NaN/Inf "
+                                 f"entries")
+            if name.startswith(self._NONNEGATIVE_STATE) and a.size and a.min() < 0:
+                raise ValueError(f"{name}: expected values >= 0, got {float(a.min())}")
+
+    def _checkpoint_spec(self, meta: Dict[str, Any]):
+        """The :meth:`_state_spec` a checkpoint's arrays must match (None: not checked)."""
+        return None
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the fitted model to ``path`` (``.npz``), atomically; arrays on a device are
         copied to the host first."""
@@ -229,8 +272,26 @@ class Estimator(BaseEstimator):
                 np.savez(f, **arrays)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file is unusable: not a checkpoint, corrupt, or holding a field of the
+    wrong type, shape, dtype, range or size. The message names the file and the field."""
+
+
+# Size bounds of what a checkpoint may make ``load`` allocate (a checkpoint is untrusted
+# input: a 20 KB file must not be able to ask for 32 GiB).
+MAX_HEADER_BYTES = 1 << 24       # the JSON header
+MAX_STATE_ELEMENTS = 1 << 28     # numbers in all learned arrays together (2 GiB as float64)
+MAX_PIXELS = 1 << 26             # input and network images (8192 x 8192)
+
+
 def load(path: str | os.PathLike, device: Optional[str] = None) -> Estimator:
     """Read a checkpoint written by ``save``; returns a fitted model of the stored class.
+
+    A checkpoint is treated as untrusted input: every array's header (dtype, shape, size)
+    is checked before the array is read, the JSON header's every field before it is used,
+    and the arrays against the shapes, dtypes and ranges the model's parameters imply.
+    Nothing is allocated beyond the arrays the file really holds, :data:`MAX_STATE_ELEMENTS`
+    numbers of learned state and images of :data:`MAX_PIXELS`.
 
     Parameters
     ----------
@@ -245,48 +306,132 @@ def load(path: str | os.PathLike, device: Optional[str] = None) -> Estimator:
     -------
     Estimator
         The fitted model, its learned arrays on its device.
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    CheckpointError
+        (a ValueError) The file is not a usable checkpoint; the message names the file and
+        the field.
     """
     path = os.fspath(path)
     if device is not None:
         check_choice("device", device, DEVICES)
     if not os.path.exists(path):
         raise FileNotFoundError(f"path: no checkpoint at {path!r}")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"path: {path!r} is not a readable fasttn checkpoint ({exc})") from exc
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError(f"path: {path!r} holds a single array, not a fasttn checkpoint (.npz)")
-    try:
-        with data:
-            arrays = {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"path: {path!r} is not a readable fasttn checkpoint ({exc})") from exc
+    arrays = _read_arrays(path)
     if "__header__" not in arrays:
-        raise ValueError(f"path: {path!r} has no fasttn header; it is not a fasttn checkpoint")
-    try:
-        header = json.loads(arrays.pop("__header__").tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"path: {path!r} has a corrupt header ({exc})") from exc
-    if header.get("format") != FORMAT or header.get("version", 0) > FORMAT_VERSION:
-        raise ValueError(f"path: {path!r} is format {header.get('format')!r} version "
-                         f"{header.get('version')!r}; this fasttn reads {FORMAT!r} up to "
-                         f"version {FORMAT_VERSION}")
-    cls = _REGISTRY.get(header.get("class"))
-    if cls is None:
-        raise ValueError(f"path: {path!r} holds an unknown model class {header.get('class')!r}")
+        raise CheckpointError(f"{path}: __header__: missing; it is not a fasttn checkpoint")
+    header = _read_header(path, arrays.pop("__header__"))
+    cls = _REGISTRY[header["class"]]
+    meta = header["meta"]
     try:
         model = cls(**_with_device(cls, header["params"], device))
-        model._set_contract_state(header["meta"])
-        model._set_state(arrays, header["meta"])
+        model._check_config()
+        model._set_contract_state(meta)
+        model._check_checkpoint_arrays(arrays, meta)
+        model._set_state(arrays, meta)
+    except CheckpointError:
+        raise
     except KeyError as exc:
-        raise ValueError(f"path: {path!r} lacks the array {exc.args[0]!r} that a "
-                         f"{header['class']} checkpoint holds") from exc
-    except TypeError as exc:
-        raise ValueError(f"path: {path!r} has parameters this fasttn does not accept "
-                         f"({exc})") from exc
+        raise CheckpointError(f"{path}: {exc.args[0]}: missing, though a "
+                              f"{header['class']} checkpoint holds it") from exc
+    except (TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     model._place_state()
     return model
+
+
+def _read_arrays(path: str) -> Dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` at ``path``, each member's header checked before it is
+    read (``np.load`` would allocate whatever shape a header declares)."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise CheckpointError(f"{path}: not a readable fasttn checkpoint (.npz) "
+                              f"({exc})") from exc
+    arrays: Dict[str, np.ndarray] = {}
+    total = 0
+    with archive:
+        for info in archive.infolist():
+            key = info.filename[:-4] if info.filename.endswith(".npy") else None
+            if key is None or key in arrays:
+                raise CheckpointError(f"{path}: {info.filename}: expected .npy arrays of "
+                                      f"distinct names only in the archive")
+            try:
+                with archive.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version not in ((1, 0), (2, 0)):
+                        raise ValueError(f"unsupported .npy format version {version}")
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(f)
+                    data_bytes = info.file_size - f.tell()
+            except (zipfile.BadZipFile, ValueError, OSError, EOFError, SyntaxError,
+                    TypeError, NotImplementedError, RuntimeError) as exc:
+                raise CheckpointError(f"{path}: {key}: unreadable array ({exc})") from exc
+            total += _check_member(path, key, shape, dtype, data_bytes)
+            if total > MAX_STATE_ELEMENTS + MAX_HEADER_BYTES:
+                raise CheckpointError(f"{path}: {key}: the arrays exceed "
+                                      f"{MAX_STATE_ELEMENTS} numbers in all")
+            try:
+                with archive.open(info) as f:
+                    arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
+            except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+                raise CheckpointError(f"{path}: {key}: unreadable array ({exc})") from exc
+    return arrays
+
+
+def _check_member(path: str, key: str, shape: Tuple[int, ...], dtype: np.dtype,
+                  data_bytes: int) -> int:
+    """Check one array's declared dtype and shape (and that the archive holds its data);
+    return its number of elements."""
+    if key == "__header__":
+        if dtype != np.uint8 or len(shape) != 1 or shape[0] > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path}: __header__: expected at most {MAX_HEADER_BYTES} "
+                                  f"bytes of uint8 JSON, got dtype {dtype}, shape {shape}")
+    elif dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise CheckpointError(f"{path}: {key}: expected float32 or float64 in native byte "
+                              f"order, got dtype {dtype.str}")
+    size = math.prod(shape)
+    if size > MAX_STATE_ELEMENTS:
+        raise CheckpointError(f"{path}: {key}: expected at most {MAX_STATE_ELEMENTS} "
+                              f"numbers, got shape {shape}")
+    if size * dtype.itemsize != data_bytes:
+        raise CheckpointError(f"{path}: {key}: shape {shape} needs {size * dtype.itemsize} "
+                              f"bytes, the archive holds {data_bytes}")
+    return size
+
+
+def _read_header(path: str, raw: np.ndarray) -> Dict[str, Any]:
+    """The JSON header, its structure checked: a dict of the right format and version, a
+    known model class, parameters and metadata that are dicts."""
+    try:
+        header = json.loads(raw.tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: __header__: corrupt JSON ({exc})") from exc
+
+    def bad(field, expected, got):
+        return CheckpointError(f"{path}: {field}: expected {expected}, got {got!r}"[:600])
+
+    if not isinstance(header, dict):
+        raise bad("__header__", "a JSON object", type(header).__name__)
+    if header.get("format") != FORMAT:
+        raise bad("format", repr(FORMAT), header.get("format"))
+    version = header.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) \
+            or not 1 <= version <= FORMAT_VERSION:
+        raise bad("version", f"an integer from 1 to {FORMAT_VERSION} (this fasttn's "
+                  f"newest)", version)
+    name = header.get("class")
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise bad("class", f"one of {sorted(_REGISTRY)}", name)
+    for field in ("params", "meta"):
+        value = header.get(field)
+        if not isinstance(value, dict):
+            raise bad(field, "a JSON object", value)
+    return header
 
 
 def _with_device(cls: Type[Estimator], params: Dict[str, Any],

@@ -314,6 +314,7 @@ class ImageClassifier(ClassifierMixin, Estimator):
         if not fitted:
             self.network_shape_ = tuple(X.shape[1:])
             self._setup(self.network_shape_)
+            self._check_state_size()  # before allocating the parameters
             self.n_features_in_ = int(np.prod(self.input_shape_))
             self._init_params(rng)
             self.history_ = []
@@ -438,27 +439,86 @@ class ImageClassifier(ClassifierMixin, Estimator):
         checkpoints written before these were stored hold integer classes 0..k-1 and
         unscaled, unpadded images)."""
         if "classes" in meta:
-            classes = np.asarray(meta["classes"])
-        else:
+            classes = meta["classes"]
+            kinds = {type(c) for c in classes} if isinstance(classes, list) else set()
+            if not kinds or not (kinds <= {int, float} or kinds <= {str}) or any(
+                    isinstance(c, float) and not math.isfinite(c) for c in classes):
+                raise ValueError(f"classes: expected a list of finite numbers or of strings, "
+                                 f"got {str(classes)[:200]}")
+            classes = np.asarray(classes)
+        elif self.n_classes is not None:
             classes = np.arange(int(self.n_classes))
+        else:
+            raise ValueError("classes: missing (and n_classes is None)")
         if classes.ndim != 1 or len(classes) < 2 or len(np.unique(classes)) != len(classes):
-            raise ValueError(f"checkpoint: classes must be 2 or more distinct labels, got "
+            raise ValueError(f"classes: expected 2 or more distinct labels, got "
                              f"{_preview(classes)}")
         self.classes_ = classes
         self.n_classes_ = len(classes)
-        shape = meta.get("input_shape", meta.get("image_shape"))
-        net = meta.get("network_shape", meta.get("image_shape"))
-        self.input_shape_ = tuple(int(v) for v in shape)
-        self.network_shape_ = tuple(int(v) for v in net)
-        self.input_offset_ = float(meta.get("input_offset", 0.0))
-        self.input_scale_ = float(meta.get("input_scale", 1.0))
-        if not (np.isfinite(self.input_offset_) and np.isfinite(self.input_scale_)
-                and self.input_scale_ > 0):
-            raise ValueError(f"checkpoint: input scaling must be finite with a positive "
-                             f"scale, got offset {self.input_offset_}, scale "
-                             f"{self.input_scale_}")
+        self.input_shape_ = _meta_shape(meta, "input_shape")
+        self.network_shape_ = _meta_shape(meta, "network_shape")
+        offset, scale = meta.get("input_offset", 0.0), meta.get("input_scale", 1.0)
+        check_number("input_offset", offset)
+        check_number("input_scale", scale, 0, low_open=True)
+        self.input_offset_, self.input_scale_ = float(offset), float(scale)
         self.n_features_in_ = int(np.prod(self.input_shape_))
-        self.best_epoch_ = meta.get("best_epoch")
+        best = meta.get("best_epoch")
+        if best is not None:
+            check_positive_int("best_epoch", best)
+        self.best_epoch_ = best
+
+    def _checkpoint_spec(self, meta: Dict[str, Any]):
+        """Set up the network of the saved images (checked against the saved input shape
+        and bounded in size before anything is allocated); the arrays it needs."""
+        image_shape = _meta_shape(meta, "image_shape")
+        if image_shape != self.network_shape_:
+            raise ValueError(f"image_shape: expected the network shape "
+                             f"{self.network_shape_}, got {image_shape}")
+        want = self._network_shape(*self.input_shape_)
+        if tuple(want) != self.network_shape_:
+            raise ValueError(f"network_shape: expected {tuple(want)} for inputs of "
+                             f"{self.input_shape_} with these parameters, got "
+                             f"{self.network_shape_}")
+        self._setup(self.network_shape_)
+        return self._check_state_size()
+
+    # Hyper-parameters that set the number of learned numbers (named when it is too large).
+    _SIZE_PARAMS: Tuple[str, ...] = ()
+
+    def _check_state_size(self):
+        """After ``_setup``: refuse a model whose learned arrays would hold more than
+        ``MAX_STATE_ELEMENTS`` numbers, before they are allocated (or a TTN2D of chi=10**6
+        would take hours to fail); return the :meth:`_state_spec`."""
+        from .base import MAX_STATE_ELEMENTS
+
+        spec = self._state_spec()
+        if spec is None:
+            return None
+        total = sum(math.prod(shape) for shape, _ in spec.values())
+        if total > MAX_STATE_ELEMENTS:
+            names = ", ".join(self._SIZE_PARAMS) or "parameters"
+            raise ValueError(f"{names}: expected a model of at most {MAX_STATE_ELEMENTS:,} "
+                             f"learned numbers, these give {total:,} for "
+                             f"{self.network_shape_[0]}x{self.network_shape_[1]} network "
+                             f"images")
+        return spec
+
+
+def _meta_shape(meta: Dict[str, Any], key: str) -> Tuple[int, int]:
+    """``(height, width)`` of a checkpoint's metadata (older checkpoints hold only
+    ``image_shape``), bounded by ``MAX_PIXELS``."""
+    from .base import MAX_PIXELS
+
+    shape = meta.get(key, meta.get("image_shape"))
+    if not (isinstance(shape, list) and len(shape) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                    for v in shape)):
+        raise ValueError(f"{key}: expected [height, width], two positive integers, got "
+                         f"{str(shape)[:100]}")
+    if shape[0] * shape[1] > MAX_PIXELS:
+        raise ValueError(f"{key}: expected images of at most {MAX_PIXELS} pixels, got "
+                         f"{shape[0]}x{shape[1]}")
+    return int(shape[0]), int(shape[1])
 
 
 def check_batch_size(batch_size: Any) -> Optional[int]:

@@ -258,6 +258,14 @@ class MERA2D(ImageClassifier):
                 "u2": (lead + (chi,) * 8, chi ** 4),
                 "top": (lead + (chi,) * 4 + (d_out,), chi ** 4)}
 
+    _SIZE_PARAMS = ("chi", "bond")
+
+    def _state_spec(self) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:
+        """Shapes and dtypes of the learned arrays after ``_setup``."""
+        dt = np.dtype(self.dtype)
+        return {f"{name}{level}": (shape, dt) for level in range(self.n_levels_)
+                for name, (shape, _) in self._shapes(level).items()}
+
     def _block_tensors(self, level: int) -> List[Dict[str, Any]]:
         """The tensors of each block of a level (views; one dict for a shared level)."""
         prm = self.params_[level]

@@ -145,6 +145,8 @@ class QCNN(ImageClassifier):
 
     _FITTED_ATTR = "weights_"
     _DEVICE_STATE = ("weights_", "gammas_", "betas_", "running_means_", "running_vars_")
+    _NONNEGATIVE_STATE = ("running_vars_",)
+    _SIZE_PARAMS = ("d", "widths", "n_features")
 
     def __init__(self, n_classes: Optional[int] = None, d: int = 12,
                  widths: Optional[Sequence[int]] = None,
@@ -309,6 +311,19 @@ class QCNN(ImageClassifier):
         if self.child_weights == "separate" and level < self.n_levels_:
             return self.window_
         return 1
+
+    def _state_spec(self) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:
+        """Shapes and dtypes of the learned arrays after ``_setup`` (what
+        :meth:`_init_params` allocates)."""
+        dt, dims, spec = np.dtype(self.dtype), [self.d0_] + self.widths_, {}
+        for l in range(self.n_levels_ + 1):
+            d_in = dims[l]
+            d_out = (dims[l + 1] if l < self.n_levels_ else self.n_classes_)
+            spec[f"weights_{l}"] = ((d_out * self._weight_copies(l), d_in), dt)
+            for name, t in (("gammas_", dt), ("betas_", dt), ("running_means_", np.float64),
+                            ("running_vars_", np.float64)):
+                spec[f"{name}{l}"] = ((d_in,), np.dtype(t))
+        return spec
 
     def _params(self) -> List[np.ndarray]:
         return self.weights_ + self.gammas_ + self.betas_

@@ -603,6 +603,9 @@ class TNN(Estimator):
             y = np.asarray(y)
             if y.ndim == 2 and y.shape[1] == 1:
                 y = column_or_1d(y, warn=True)
+            if y.shape != pred.shape:  # a scalar, a table or another length
+                raise ValueError(f"y: expected {len(pred)} labels (one per sample), got "
+                                 f"shape {y.shape}")
             check_label_kind(y, self.classes_)
             return float(accuracy_score(y, pred, sample_weight=sample_weight))
         return float(r2_score(y, pred, sample_weight=sample_weight))
@@ -697,6 +700,19 @@ class TNN(Estimator):
             layer.set_params([self._to_device(p) for p in params])
 
     def _set_state(self, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> None:
+        # a checkpoint is untrusted: the fields that decide what predict returns first
+        check_choice("task", meta["task"], ("classification", "regression"))
+        n_in = meta["n_features_in"]
+        if isinstance(n_in, bool) or not isinstance(n_in, int) or n_in < 1:
+            raise ValueError(f"n_features_in: expected a positive integer, got {n_in!r}")
+        if meta["task"] == "classification":
+            classes = meta["classes"]
+            if not isinstance(classes, list) or len(classes) < 2 or not (
+                    all(isinstance(c, str) for c in classes)
+                    or all(isinstance(c, (int, float)) and np.isfinite(c) for c in classes)) \
+                    or len(set(classes)) != len(classes):
+                raise ValueError(f"classes: expected 2 or more distinct finite numbers or "
+                                 f"strings, got {str(classes)[:200]}")
         self.task_ = meta["task"]
         configs = meta.get("layer_configs") or self._configs()
         if not configs:

@@ -163,6 +163,13 @@ class TTN2D(ImageClassifier):
         p, out = self.site_dims_[level], self.site_dims_[level + 1]
         return (self.n_trees_ * side, side, p, p, p, p, out)
 
+    _SIZE_PARAMS = ("chi", "d")
+
+    def _state_spec(self) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:
+        """Shapes and dtypes of the learned arrays after ``_setup``."""
+        return {f"w{level}": (self._weight_shape(level), np.dtype(self.dtype))
+                for level in range(self.n_levels_)}
+
     def _init_params(self, rng: np.random.Generator) -> None:
         dt = np.dtype(self.dtype)
         self.weights_: List[np.ndarray] = []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from typing import Sequence
@@ -810,12 +811,35 @@ def _error_line(exc: BaseException) -> str:
     return text
 
 
+# Options naming a file (or, for `data needle --out`, a directory) that a command writes.
+_OUTPUT_OPTIONS = ("out", "history", "save_params", "json")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Check every output path before the command runs: a training of hours must not end
+    in an error about a missing directory, with the model lost."""
+    for name in _OUTPUT_OPTIONS:
+        value = getattr(args, name, None)
+        if not value:
+            continue
+        flag = "--" + name.replace("_", "-")
+        parent = os.path.dirname(os.path.abspath(value))
+        if not os.path.isdir(parent):
+            raise FileNotFoundError(f"{flag}: the directory {parent} does not exist (create "
+                                    f"it first)")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag}: the directory {parent} is not writable")
+        if args.func is not _cmd_data_needle and os.path.isdir(value):
+            raise ValueError(f"{flag}: {value} is a directory; expected a file name")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from fasttn._cuda import CUDAUnavailableError  # imports no CuPy
     from fasttn._numba import compile_watch
 
     args = build_parser().parse_args(argv)
     try:
+        _check_outputs(args)
         # one line on standard error when a kernel compiles (its first use: tens of seconds)
         with compile_watch(notice=not getattr(args, "quiet", False)):
             return int(args.func(args) or 0)

@@ -146,3 +146,20 @@ def test_mera_validation_split(capsys):
     epoch = [l for l in out.splitlines() if l.startswith("epoch")]
     assert len(epoch) == 1 and "val_accuracy" in epoch[0] and "test_accuracy" not in epoch[0]
     assert main(["train", "mera", "--epochs", "1", "--val-split", "1", "--quiet"]) == 2
+
+
+@pytest.mark.parametrize("option", ["--out", "--history"])
+def test_an_unwritable_output_path_fails_before_training(tmp_path, capsys, monkeypatch,
+                                                         option):
+    """The output path is checked first: a missing directory must not cost a training."""
+    import fasttn.models.qcnn as qcnn
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking the output path")
+
+    monkeypatch.setattr(qcnn.QCNN, "fit", no_training)
+    missing = tmp_path / "nonexistent" / "m.npz"
+    rc = main(["train", "qcnn", "--epochs", "1", "--quiet", option, str(missing)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"{option}: the directory {missing.parent} does not exist" in err

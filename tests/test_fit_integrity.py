@@ -164,3 +164,24 @@ def test_prediction_batch_size_is_checked(cls, bad):
     for method in (model.predict, model.decision_function, model.predict_proba):
         with pytest.raises(ValueError, match="^batch_size: expected a positive integer"):
             method(X, batch_size=bad)
+
+
+def test_qcnn_scores_past_float64_raise_instead_of_inf_or_nan():
+    """Deep hierarchies (1024x1024 images) give scores past float64's range: weights scaled
+    by 1e30 make a 16x16 model do the same. decision_function must not return inf, and the
+    linear domain must not rank NaN scores as class 0; log=True and domain='auto' stay
+    finite."""
+    X, y = _data(n=20, side=16)
+    model = _small(QCNN, epochs=1).fit(X, y)
+    for w in model.weights_:
+        w *= 1e30
+    with pytest.raises(FloatingPointError, match=r"log=True"):
+        model.decision_function(X)
+    logabs, sign = model.decision_function(X, log=True)
+    assert np.isfinite(logabs).all()
+    pred = model.predict(X)
+    model.set_params(domain="linear")
+    with pytest.raises(FloatingPointError, match="domain='linear'"):
+        model.predict(X)
+    model.set_params(domain="auto")
+    np.testing.assert_array_equal(model.predict(X), pred)

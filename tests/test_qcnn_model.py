@@ -315,8 +315,13 @@ def test_1024_linear_eval_overflows_where_log_domain_stays_finite(big):
     Xe = np.stack([np.zeros((1024, 1024)), np.full((1024, 1024), 0.25), X[0]])
     m.set_params(domain="linear")
     try:
-        with np.errstate(all="ignore"):
-            s_lin = m.decision_function(Xe)
+        # the linear domain's overflow is an error, not inf or NaN scores ranked as class 0
+        with np.errstate(all="ignore"), pytest.raises(FloatingPointError,
+                                                      match="domain='linear'"):
+            m.decision_function(Xe)
+        with np.errstate(all="ignore"):  # the raw linear scores, for the checks below
+            s_lin = m._forward_backward(m._sites(m._check_X(Xe, fitted=True)), None, False,
+                                        "linear")[0]
     finally:
         m.set_params(domain="auto")
     la, sg = m.decision_function(Xe, log=True)  # auto: one log-scale per site

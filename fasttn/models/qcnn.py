@@ -588,7 +588,15 @@ class QCNN(ImageClassifier):
         images = self._check_X(X, fitted=True)
         if log:
             return self._decision_log(images, batch_size)
-        return binary_margin(self._decision(images, batch_size))
+        scores = self._decision(images, batch_size)
+        if not np.all(np.isfinite(scores)):
+            # deep hierarchies (e.g. 1024x1024 images) give scores past float64's range
+            n_bad = int(np.count_nonzero(~np.all(np.isfinite(scores), axis=1)))
+            raise FloatingPointError(
+                f"decision_function: the scores of {n_bad} image(s) exceed float64's range "
+                f"at this depth ({self.n_levels_} levels); call decision_function(X, "
+                f"log=True) for the finite pair (log|alpha|, sign)")
+        return binary_margin(scores)
 
     def _decision(self, images: np.ndarray, batch_size: Optional[int] = None) -> np.ndarray:
         return self._decision_log(images, batch_size, with_scores=True)[2]
@@ -613,6 +621,13 @@ class QCNN(ImageClassifier):
             outs_la.append(log_scores[0])
             outs_sg.append(log_scores[1])
         la, sg = np.concatenate(outs_la), np.concatenate(outs_sg)
+        if np.isnan(la).any():
+            # the linear domain overflows (inf * 0, inf - inf) in deep hierarchies; a NaN
+            # score would otherwise rank as class 0 with only a warning
+            raise FloatingPointError(
+                f"domain={self.domain!r}: the class scores overflow to NaN at this depth "
+                f"({self.n_levels_} levels); predict with domain='auto' or 'log' "
+                f"(set_params(domain='auto')), which are finite at any depth")
         if with_scores:
             return la, sg, np.concatenate(outs).astype(np.float64)
         return la, sg

@@ -8,6 +8,7 @@ reader that trusts a declared size is caught).
 """
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import shutil
@@ -44,7 +45,8 @@ shaped_values = (json_values | st.lists(st.integers(-3, 2**20), min_size=0, max_
                  | st.sampled_from([[65536, 65536], [8, 8], [0, 8], [2**40, 1], "bogus",
                                     "classification", "regression", [0, 1], [0, 0], ["a"]]))
 
-_DIR = Path(tempfile.mkdtemp(prefix="fasttn-fuzz-"))
+_DIR = Path(tempfile.mkdtemp(prefix="fasttn-fuzz-"))  # shared by the examples of a run
+atexit.register(shutil.rmtree, _DIR, ignore_errors=True)
 
 
 def _reference():

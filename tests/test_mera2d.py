@@ -205,7 +205,7 @@ def test_norm_constraint_trains_three_levels():
     Xtr, ytr, Xte, yte = load_task("digits", size=64)
     Xtr, ytr = select_classes(Xtr, ytr, [3, 8])
     Xte, yte = select_classes(Xte, yte, [3, 8])
-    m = MERA2D(n_classes=2, chi=4, epochs=12, lr=0.003, constraint="norm", random_state=0,
+    m = MERA2D(n_classes=2, chi=4, patch=1, epochs=12, lr=0.003, constraint="norm", random_state=0,
                early_stopping=False)
     m.fit(Xtr, ytr)
     assert m.n_levels_ == 3

@@ -60,8 +60,11 @@ class MERA2D(ImageClassifier):
         independent of the image size), or one set per block (``False``: position-specific
         blocks, as the reference's NeedleMNIST models; the tensors gain a leading axis over
         the level's blocks in row-major order).
-    patch : int
-        Side of the square of pixels that forms one input site. 1 (default): every pixel
+    patch : int or "auto"
+        Side of the square of pixels that forms one input site. ``"auto"`` (default): 1 up
+        to 32x32 images, 4 above (from 33x33 the grid of sites is then 16x16 or more, and
+        the first level's tensors stay small: a 4x4 patch is a site of 17 entries with the
+        constant, and ``u1`` holds ``17^4 b^4`` numbers); the fitted value is ``patch_``. 1: every pixel
         is a site, embedded by ``feature_map``. ``k > 1``: every ``k x k`` patch is a site
         whose vector is its raw pixel values (``k^2`` entries, row-major in the patch; the
         2D MERA reference's input, whose ``GridMERAin16`` is ``patch=4, chi=2`` on 16x16
@@ -125,7 +128,7 @@ class MERA2D(ImageClassifier):
 
     def __init__(self, n_classes: Optional[int] = None, chi: Union[int, Sequence[int]] = 4,
                  bond: Union[None, int, Sequence[int]] = None, shared: bool = True,
-                 patch: int = 1, feature_map: str = "cos_sin", n_features: Optional[int] = None,
+                 patch: Union[int, str] = "auto", feature_map: str = "cos_sin", n_features: Optional[int] = None,
                  constant: bool = True, level_map: str = "none", lr: float = 0.005,
                  weight_decay: float = 0.0, lr_step: int = 10, lr_gamma: float = 0.5,
                  batch_size: int = 32, epochs: int = 10,
@@ -178,7 +181,8 @@ class MERA2D(ImageClassifier):
     def _check_config(self) -> None:
         self._check_classifier_config()
         check_per_level("chi", self.chi)
-        check_positive_int("patch", self.patch)
+        if self.patch != "auto":
+            check_positive_int("patch", self.patch)
         if self.bond is not None:
             check_per_level("bond", self.bond)
         check_choice("shared", self.shared, (True, False))
@@ -193,15 +197,24 @@ class MERA2D(ImageClassifier):
             return int(self.n_features)
         return 2 if self.feature_map == "cos_sin" else 4
 
+    def _patch_for(self, side: int) -> int:
+        """The ``patch`` for images of this side: the parameter, or for ``"auto"``
+        1 when the side rounds up to a power of two ``P <= 32``, else 4. The
+        answer is the same for an input side and for the network side it pads to, so a
+        checkpoint's network shape gives back its patch."""
+        if self.patch != "auto":
+            return int(self.patch)
+        return 1 if next_power_of_two(int(side)) <= 32 else 4
+
     def _network_shape(self, height: int, width: int) -> Tuple[int, int]:
         """A square of ``patch``-sided sites, the grid's side a power of two (at least 2)."""
-        k = int(self.patch)
+        k = self._patch_for(max(height, width))
         grid = max(next_power_of_two(-(-max(height, width) // k)), 2)
         return grid * k, grid * k
 
     def _setup(self, image_shape: Tuple[int, int]) -> None:
         h, w = image_shape
-        k = int(self.patch)
+        k = self.patch_ = self._patch_for(max(h, w))
         if h != w or h % k or w % k:
             raise ValueError(f"X: expected square images whose side is a multiple of patch={k}"
                              f" (a power-of-2 grid of patches), got {h}x{w}")
@@ -349,7 +362,7 @@ class MERA2D(ImageClassifier):
         (``patch=1``) or raw ``k x k`` patch vectors, the constant first when asked for."""
         xp = array_module(X)
         X = xp.ascontiguousarray(X, dtype=self.dtype)
-        k = int(self.patch)
+        k = self.patch_
         if k == 1:
             return ops.feature_map(X, self.feature_map, self._n_features(), self.constant)
         n, h, w = X.shape

@@ -440,50 +440,55 @@ def _epoch_scores(model, validation, X_te, y_te, callbacks=()) -> dict:
 
 def _add_train_mera(models: argparse._SubParsersAction) -> None:
     q = models.add_parser("mera", help="2D MERA classifier (exact 4x4 MERA blocks)",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                          description="Options left unset take MERA2D's defaults (or "
+                                      "MERA2D.paper()'s with --paper).")
     q.add_argument("--dataset", default="digits",
                    choices=["digits", "fashion-mnist", "mnist", "needle"])
     q.add_argument("--size", type=int, default=None,
                    help="resize to SIZE x SIZE, a power of 2: levels of 4x4 blocks, then a 2x2 "
-                        "end block when SIZE is not a power of 4 (default 16; needle: canvas "
-                        "64)")
+                        "end block when SIZE is not a power of 4 (other sizes are zero-padded; "
+                        "default 16; needle: canvas 64)")
     q.add_argument("--n-train", type=int, default=None)
     q.add_argument("--n-test", type=int, default=None)
     q.add_argument("--data-dir", default=None)
     _add_needle_source_options(q)
-    q.add_argument("--chi", default="4",
+    q.add_argument("--paper", action="store_true",
+                   help="start from the 2D MERA reference's configuration (MERA2D.paper())")
+    q.add_argument("--chi", default=None,
                    help="bond dimension of the level outputs: one for all 4x4 levels, or a "
-                        "comma-separated list of one per level")
+                        "comma-separated list of one per level (model default 4)")
     q.add_argument("--bond", default=None,
                    help="disentangler legs: one for all levels or one per level "
-                        "(default: each level's chi)")
+                        "(default: each level's chi, 2 on 4x4 patch sites)")
     q.add_argument("--unshared", action="store_true",
                    help="one set of tensors per block instead of one per level")
-    q.add_argument("--patch", type=int, default=1,
+    q.add_argument("--patch", type=int, default=None,
                    help="sites are PATCH x PATCH squares of raw pixel values (1: every pixel "
-                        "a site, embedded by --feature-map)")
-    q.add_argument("--feature-map", default="cos_sin", choices=["fourier", "legendre", "cos_sin"])
+                        "a site, embedded by --feature-map; model default: 1 up to 32x32, "
+                        "else 4)")
+    q.add_argument("--feature-map", default=None, choices=["fourier", "legendre", "cos_sin"])
     q.add_argument("--no-constant", action="store_true", help="no constant feature channel")
-    q.add_argument("--level-map", default="none", choices=["none", "relu"],
-                   help="relu: each normalised site y enters the next level as [1, relu(y)] "
-                        "(a non-linear hierarchy; what cluttered needle images need)")
-    q.add_argument("--init", default="random", choices=["random", "identity"])
-    q.add_argument("--init-scale", type=float, default=1.0,
+    q.add_argument("--level-map", default=None, choices=["none", "relu"],
+                   help="relu (model default): each normalised site y enters the next level "
+                        "as [1, relu(y)]; none: the exact multilinear network")
+    q.add_argument("--init", default=None, choices=["random", "identity"])
+    q.add_argument("--init-scale", type=float, default=None,
                    help="standard deviation of the initial noise relative to 1/sqrt(fan-in)")
-    q.add_argument("--weight-decay", type=float, default=0.0)
-    q.add_argument("--augment-shift", type=float, default=0.0,
+    q.add_argument("--weight-decay", type=float, default=None)
+    q.add_argument("--augment-shift", type=float, default=None,
                    help="shift each training image by a random sub-pixel offset of up to this "
-                        "many pixels per axis, fresh every batch (0: no augmentation)")
-    q.add_argument("--constraint", default="none", choices=["none", "isometric", "norm"],
+                        "many pixels per axis, fresh every batch (0: none; model default: 4 "
+                        "with patch sites, else 0)")
+    q.add_argument("--constraint", default=None, choices=["none", "isometric", "norm"],
                    help="isometric: keep every tensor but the class map an isometry (polar "
                         "retraction); norm: keep the norm of every tensor below the last level "
-                        "fixed (the scores do not depend on it): at 64x64 and larger it "
-                        "leaves the chaotic random start more reliably")
+                        "fixed (the scores do not depend on it)")
     _add_val_split_option(q)
-    q.add_argument("--epochs", type=int, default=10)
-    q.add_argument("--batch-size", type=int, default=32)
-    q.add_argument("--lr", type=float, default=0.005)
-    q.add_argument("--lr-step", type=int, default=10)
+    q.add_argument("--epochs", type=int, default=None)
+    q.add_argument("--batch-size", type=int, default=None)
+    q.add_argument("--lr", type=float, default=None)
+    q.add_argument("--lr-step", type=int, default=None)
     q.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     _add_device_option(q)
     q.add_argument("--seed", type=int, default=0)
@@ -502,23 +507,26 @@ def _train_mera(args: argparse.Namespace) -> int:
     X_tr, y_tr, X_te, y_te = load_task(args.dataset, size=size, n_train=args.n_train,
                                        n_test=args.n_test, data_dir=args.data_dir,
                                        seed=args.seed, **_needle_kwargs(args))
-    n_classes = int(max(y_tr.max(), y_te.max())) + 1
-    model = fasttn.MERA2D(n_classes=max(n_classes, 2), chi=_int_or_list(args.chi),
-                          bond=None if args.bond is None else _int_or_list(args.bond),
-                          shared=not args.unshared, patch=args.patch,
-                          feature_map=args.feature_map, constant=not args.no_constant,
-                          level_map=args.level_map, init=args.init,
-                          init_scale=args.init_scale, constraint=args.constraint, lr=args.lr,
-                          weight_decay=args.weight_decay, lr_step=args.lr_step,
-                          batch_size=args.batch_size, epochs=args.epochs, dtype=args.dtype,
-                          device=args.device, random_state=args.seed,
-                          verbose=0 if args.quiet else 1)
+    given = {name: getattr(args, name) for name in (
+        "patch", "feature_map", "level_map", "init", "init_scale", "constraint", "lr",
+        "weight_decay", "lr_step", "batch_size", "epochs", "augment_shift")}
+    params = {k: v for k, v in given.items() if v is not None}
+    if args.chi is not None:
+        params["chi"] = _int_or_list(args.chi)
+    if args.bond is not None:
+        params["bond"] = _int_or_list(args.bond)
+    if args.unshared:
+        params["shared"] = False
+    if args.no_constant:
+        params["constant"] = False
+    make = fasttn.MERA2D.paper if args.paper else fasttn.MERA2D
+    model = make(**params, dtype=args.dtype, device=args.device, random_state=args.seed,
+                 verbose=0 if args.quiet else 1)
     print(f"2D MERA on {args.dataset}: {len(y_tr)} train / {len(y_te)} test images of "
           f"{X_tr.shape[1]}x{X_tr.shape[2]}; {model!r}")
     X_tr, y_tr, validation = _split_validation(args, X_tr, y_tr)
-    augment = _shift_augment(args.augment_shift)
     t0 = time.perf_counter()
-    model.fit(X_tr, y_tr, validation_data=validation, augment=augment,
+    model.fit(X_tr, y_tr, validation_data=validation,
               **_epoch_scores(model, validation, X_te, y_te))
     seconds = time.perf_counter() - t0
     print(f"parameters {model.n_params_}  levels {model.n_levels_}  train time {seconds:.1f} s  "

@@ -14,13 +14,15 @@ each batch of images goes up once and only the loss and the correct count come b
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .. import ops
-from .._validate import check_choice, check_per_level, check_positive_int
+from .._validate import check_choice, check_number, check_per_level, check_positive_int
 from ..backend import array_module, to_numpy
+from ..data.transforms import random_shift
 from ..ops.feature_maps import FEATURE_MAPS, n_channels
 from ..ops.site_norm import (relu_sites_backward, relu_sites_forward, site_norm_backward,
                              site_norm_forward, unit_sites)
@@ -54,7 +56,7 @@ class MERA2D(ImageClassifier):
     bond : int or sequence of int, optional
         Dimension of the disentangler legs, for every level or one per level (the 2x2 end
         block included); default: the level's ``chi`` (the end block: the dimension of its
-        input sites).
+        input sites), lowered where ``u1`` would exceed 2^21 numbers (4x4 patch sites: 2).
     shared : bool
         One set of tensors per level, shared by all its blocks (default: parameters
         independent of the image size), or one set per block (``False``: position-specific
@@ -64,8 +66,8 @@ class MERA2D(ImageClassifier):
         Side of the square of pixels that forms one input site. ``"auto"`` (default): 1 up
         to 32x32 images, 4 above (from 33x33 the grid of sites is then 16x16 or more, and
         the first level's tensors stay small: a 4x4 patch is a site of 17 entries with the
-        constant, and ``u1`` holds ``17^4 b^4`` numbers); the fitted value is ``patch_``. 1: every pixel
-        is a site, embedded by ``feature_map``. ``k > 1``: every ``k x k`` patch is a site
+        constant, and ``u1`` holds ``17^4 b^4`` numbers); the fitted value is
+        ``patch_``. 1: every pixel is a site, embedded by ``feature_map``. ``k > 1``: every ``k x k`` patch is a site
         whose vector is its raw pixel values (``k^2`` entries, row-major in the patch; the
         2D MERA reference's input, whose ``GridMERAin16`` is ``patch=4, chi=2`` on 16x16
         images); ``feature_map`` and ``n_features`` are then unused. Images must tile into
@@ -81,9 +83,9 @@ class MERA2D(ImageClassifier):
         its sites, not a product of them.
     level_map : {"none", "relu"}
         What a level's normalised output site ``y`` (``chi`` entries) becomes before the
-        next level. ``none`` (default): ``y`` itself, so the whole network stays one
-        multilinear tensor network, exact up to the per-image factor ``exp(log_scale)``.
-        ``relu``: ``[1, relu(y)]`` (``chi + 1`` entries), a non-linear hierarchy in which a
+        next level. ``none``: ``y`` itself, so the whole network stays one multilinear
+        tensor network, exact up to the per-image factor ``exp(log_scale)``. ``relu``
+        (default): ``[1, relu(y)]`` (``chi + 1`` entries), a non-linear hierarchy in which a
         level can report "some part of this block looks like the object" instead of
         multiplying the evidence of every part; ``log_scale`` then only sums the
         normalisations. On cluttered NeedleMNIST-64 (three objects per canvas) it is what
@@ -95,8 +97,8 @@ class MERA2D(ImageClassifier):
         ``identity``: every tensor but the class map starts as the map of the all-first-index
         inputs to the first output index (with ``constant``, every block then starts close
         to an affine function of its sites) plus Gaussian noise; the class map (the last
-        ``top``) is noise only, so no class is favoured. ``random`` (noise only) trains more
-        reliably on the digits.
+        ``top``) is noise only, so no class is favoured (default). ``random``: noise only
+        (with ``level_map="none"`` it trains more reliably on the digits).
     init_scale : float
         Standard deviation of the noise relative to ``1 / sqrt(fan_in)``.
     constraint : {"none", "isometric", "norm"}
@@ -113,6 +115,13 @@ class MERA2D(ImageClassifier):
         often stalls at chance; with the norms fixed it left that start more reliably in
         our runs (64x64 digits: 4 of 4 seeds against 3 of 4 for ten classes, 2 of 3
         against 0 of 3 for 3 vs 8). At 16x16 the two are alike.
+    augment_shift : float or "auto"
+        Training batches are shifted by random sub-pixel offsets of up to this many pixels
+        per axis, fresh every batch (:func:`fasttn.data.random_shift`), unless ``fit`` gets
+        its own ``augment``. ``"auto"`` (default): one patch (4 pixels) with patch sites,
+        none with pixel sites. The blocks sit on a fixed grid of patches; shifted copies
+        show a level-0 block every alignment of an object to that grid, which a few
+        thousand images do not (NeedleMNIST-64, 3,000 canvases: see the README).
     image_shape, input_scaling, early_stopping, validation_fraction, n_iter_no_change
         Input layout, pixel scaling and early stopping, as for :class:`QCNN`.
     dtype : {"float32", "float64"}
@@ -128,14 +137,16 @@ class MERA2D(ImageClassifier):
 
     def __init__(self, n_classes: Optional[int] = None, chi: Union[int, Sequence[int]] = 4,
                  bond: Union[None, int, Sequence[int]] = None, shared: bool = True,
-                 patch: Union[int, str] = "auto", feature_map: str = "cos_sin", n_features: Optional[int] = None,
-                 constant: bool = True, level_map: str = "none", lr: float = 0.005,
+                 patch: Union[int, str] = "auto", feature_map: str = "cos_sin",
+                 n_features: Optional[int] = None,
+                 constant: bool = True, level_map: str = "relu", lr: float = 0.002,
                  weight_decay: float = 0.0, lr_step: int = 10, lr_gamma: float = 0.5,
-                 batch_size: int = 32, epochs: int = 10,
-                 init: str = "random", init_scale: float = 1.0, constraint: str = "none",
+                 batch_size: int = 32, epochs: int = 40,
+                 init: str = "identity", init_scale: float = 1.0, constraint: str = "none",
+                 augment_shift: Union[float, str] = "auto",
                  image_shape: Optional[Tuple[int, int]] = None, input_scaling: str = "auto",
                  early_stopping: bool = True, validation_fraction: float = 0.1,
-                 n_iter_no_change: int = 5,
+                 n_iter_no_change: int = 8,
                  dtype: str = "float32", device: str = "cpu",
                  random_state: Optional[int] = None, verbose: int = 0):
         self.n_classes = n_classes
@@ -156,6 +167,7 @@ class MERA2D(ImageClassifier):
         self.init = init
         self.init_scale = init_scale
         self.constraint = constraint
+        self.augment_shift = augment_shift
         self.image_shape = image_shape
         self.input_scaling = input_scaling
         self.early_stopping = early_stopping
@@ -167,7 +179,7 @@ class MERA2D(ImageClassifier):
         self.verbose = verbose
 
     PAPER = dict(patch=4, chi=2, bond=2, constant=False, level_map="none", init="random",
-                 lr=0.0005, epochs=20, early_stopping=False)
+                 lr=0.0005, epochs=20, early_stopping=False, augment_shift=0.0)
 
     @classmethod
     def paper(cls, **params: Any) -> "MERA2D":
@@ -190,6 +202,8 @@ class MERA2D(ImageClassifier):
         check_choice("init", self.init, ("identity", "random"))
         check_choice("constraint", self.constraint, ("none", "isometric", "norm"))
         check_choice("level_map", self.level_map, LEVEL_MAPS)
+        if self.augment_shift != "auto":
+            check_number("augment_shift", self.augment_shift, low=0.0)
         self._check_device()
 
     def _n_features(self) -> int:
@@ -232,25 +246,50 @@ class MERA2D(ImageClassifier):
         self.n_levels_ = levels + int(self.has_end_)
         self.chis_ = check_per_level("chi", self.chi, levels,
                                      f" 4x4 levels for {h}x{w} images in {k}x{k} sites")
-        end_bond = (self.chis_[-1] + (self.level_map == "relu") if self.chis_
-                    else check_positive_int("chi", self.chi))
-        self.bonds_ = (check_per_level("bond", self.bond, self.n_levels_,
-                                       f" levels for {h}x{w} images in {k}x{k} sites")
-                       if self.bond is not None else self.chis_ + [end_bond] * self.has_end_)
-        # blocks of each level: (grid side / 4)^2, one for the end block
-        self.n_blocks_ = [(h // k // 4 ** (l + 1)) ** 2 for l in range(levels)] + \
-            [1] * self.has_end_
         if k == 1:
             self.p0_ = n_channels(self.feature_map, self._n_features(), self.constant)
         else:
             self.p0_ = k * k + int(self.constant)
+        end_bond = (self.chis_[-1] + (self.level_map == "relu") if self.chis_
+                    else check_positive_int("chi", self.chi))
+        if self.bond is not None:
+            self.bonds_ = check_per_level("bond", self.bond, self.n_levels_,
+                                          f" levels for {h}x{w} images in {k}x{k} sites")
+        else:
+            self.bonds_ = [self._default_bond(self._site_dim(level), b) for level, b in
+                           enumerate(self.chis_ + [end_bond] * self.has_end_)]
+        # blocks of each level: (grid side / 4)^2, one for the end block
+        self.n_blocks_ = [(h // k // 4 ** (l + 1)) ** 2 for l in range(levels)] + \
+            [1] * self.has_end_
+
+    #: Most entries a default disentangler ``u1`` (``p^4 b^4``) may hold.
+    MAX_DEFAULT_U1 = 1 << 21
+
+    @classmethod
+    def _default_bond(cls, p: int, b: int) -> int:
+        """The default bond of a level with sites of dimension ``p``: its ``chi`` (``b``),
+        lowered until ``u1`` holds at most ``MAX_DEFAULT_U1`` numbers (raw 4x4 patches,
+        ``p = 17``, get 2: ``u1`` is then 1.3 M numbers instead of 21 M at ``chi = 4``)."""
+        while b > 1 and (p * b) ** 4 > cls.MAX_DEFAULT_U1:
+            b -= 1
+        return b
+
+    def _augment_shift(self) -> float:
+        """``augment_shift`` resolved for the fitted patch size."""
+        if self.augment_shift != "auto":
+            return float(self.augment_shift)
+        return float(self.patch_) if self.patch_ > 1 else 0.0
+
+    def _site_dim(self, level: int) -> int:
+        """Dimension of the sites a level reads (``p``)."""
+        return self.p0_ if level == 0 else self.chis_[level - 1] + (self.level_map == "relu")
 
     def _names(self, level: int) -> Tuple[str, ...]:
         return _END_PARAMS if self.has_end_ and level == self.n_levels_ - 1 else _PARAMS
 
     def _dims(self, level: int) -> Tuple[int, int, int, int]:
         """``(p, b, chi, d_out)`` of a level (``chi`` 0 for the end block)."""
-        p = self.p0_ if level == 0 else self.chis_[level - 1] + (self.level_map == "relu")
+        p = self._site_dim(level)
         chi = self.chis_[level] if level < len(self.chis_) else 0
         d_out = self.n_classes_ if level == self.n_levels_ - 1 else chi
         return p, self.bonds_[level], chi, d_out
@@ -497,6 +536,8 @@ class MERA2D(ImageClassifier):
         check_augment(augment)
         X, y, epochs, batch_size, rng, monitor = self._start_fit(
             X, y, epochs, batch_size, warm_start, validation_data)
+        if augment is None and self._augment_shift() > 0:
+            augment = functools.partial(random_shift, max_shift=self._augment_shift())
         opt = AdamW(self._param_list(), lr=self.lr, weight_decay=self.weight_decay)
         sched = StepLR(opt, step_size=self.lr_step, gamma=self.lr_gamma)
 

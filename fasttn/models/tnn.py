@@ -26,12 +26,13 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
+from .._numba import compile_watch
 from .._validate import check_choice, check_dtype, check_finite, check_positive_int, check_real_array
 from ..backend import array_module, to_numpy
 from ..ops.svd_truncate import svd_truncate
 from ..train import AdamW
 from ..train.losses import cross_entropy_loss
-from ..train.loop import fit_loop
+from ..train.loop import fit_loop, restart_clock
 from ..train.sweeps import MPOSweep, run_sweep
 from .base import Estimator, register
 from .classifier import check_label_kind
@@ -442,7 +443,8 @@ class TNN(Estimator):
         if self.sweep_engine != "python":
             from .tnn_compiled import fit_sweeps_compiled
 
-            hist, why = fit_sweeps_compiled(self, X, y, epochs, rng)
+            with compile_watch(notice=self.verbose > 0):  # the first call compiles: say so
+                hist, why = fit_sweeps_compiled(self, X, y, epochs, rng)
             if hist is not None:
                 self._finish_history(hist)
                 return
@@ -492,32 +494,44 @@ class TNN(Estimator):
                 opt.step(g_others)
 
         hist: List[Dict] = []
-        bar = tqdm(range(epochs), desc="sweeps", disable=self.verbose <= 0, file=sys.stderr,
+        bar = tqdm(total=epochs, desc="sweeps", disable=self.verbose <= 0, file=sys.stderr,
                    unit="sweep")
-        for sweep in bar:
-            t0 = time.perf_counter()
-            state["correct"] = state["seen"] = 0
-            if self.schedule == "pal":
-                loss = run_sweep(mpos, [True] * len(mpos), forward_backward, self.sweep_lr,
-                                 step_others, scaled=self.sweep_step == "scaled")
-            else:
-                loss = self._lbl_sweep(mpos, forward_backward, step_others)
-            if not np.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} in sweep {sweep + 1}; lower "
-                                         "sweep_lr or lr")
-            for layer, m in zip(tn, mpos):
-                layer.cores = m.cores
-            rec = {"epoch": sweep + 1, "loss": loss, "seconds": time.perf_counter() - t0,
-                   "entropy": [m.entropy.tolist() for m in mpos],
-                   "entropy_max": float(max(m.entropy.max() for m in mpos)),
-                   "singular_values": [[[] if sv is None else np.asarray(sv).tolist()
-                                        for sv in m.s] for m in mpos],
-                   "discarded": [m.discarded.tolist() for m in mpos]}
-            if self.task_ == "classification":
-                rec["accuracy"] = state["correct"] / max(state["seen"], 1)
-            hist.append(rec)
-            bar.set_postfix(loss=f"{loss:.4f}")
+        watch = compile_watch(notice=self.verbose > 0)
+        with watch, bar:
+            for sweep in range(epochs):
+                compiled = watch.count
+                rec = self._python_sweep(sweep, tn, mpos, forward_backward, step_others, state)
+                hist.append(rec)
+                if watch.count != compiled:
+                    restart_clock(bar, advance=1)  # a sweep that compiled: its time is not rate
+                else:
+                    bar.update(1)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
         self._finish_history(hist)
+
+    def _python_sweep(self, sweep, tn, mpos, forward_backward, step_others, state) -> Dict:
+        """One sweep of the layer-object engine; its history record."""
+        t0 = time.perf_counter()
+        state["correct"] = state["seen"] = 0
+        if self.schedule == "pal":
+            loss = run_sweep(mpos, [True] * len(mpos), forward_backward, self.sweep_lr,
+                             step_others, scaled=self.sweep_step == "scaled")
+        else:
+            loss = self._lbl_sweep(mpos, forward_backward, step_others)
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss} in sweep {sweep + 1}; lower "
+                                     "sweep_lr or lr")
+        for layer, m in zip(tn, mpos):
+            layer.cores = m.cores
+        rec = {"epoch": sweep + 1, "loss": loss, "seconds": time.perf_counter() - t0,
+               "entropy": [m.entropy.tolist() for m in mpos],
+               "entropy_max": float(max(m.entropy.max() for m in mpos)),
+               "singular_values": [[[] if sv is None else np.asarray(sv).tolist()
+                                    for sv in m.s] for m in mpos],
+               "discarded": [m.discarded.tolist() for m in mpos]}
+        if self.task_ == "classification":
+            rec["accuracy"] = state["correct"] / max(state["seen"], 1)
+        return rec
 
     def _lbl_sweep(self, mpos, forward_backward, step_others) -> float:
         """Layer by layer: each TNLayer swept alone, then one gradient step of the others

@@ -443,8 +443,7 @@ class TNN(Estimator):
         if self.sweep_engine != "python":
             from .tnn_compiled import fit_sweeps_compiled
 
-            with compile_watch(notice=self.verbose > 0):  # the first call compiles: say so
-                hist, why = fit_sweeps_compiled(self, X, y, epochs, rng)
+            hist, why = fit_sweeps_compiled(self, X, y, epochs, rng)
             if hist is not None:
                 self._finish_history(hist)
                 return

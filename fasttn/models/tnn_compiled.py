@@ -18,8 +18,10 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .._numba import compile_watch
 from ..backend import kernel_threads, num_threads
 from ..train import pal_compiled as pc
+from ..train.loop import restart_clock
 from .tnn_layers import Dense, TNLayer
 
 _NO_LABELS = np.zeros(0, np.int64)
@@ -348,6 +350,7 @@ def fit_sweeps_compiled(model, X: np.ndarray, y: np.ndarray, epochs: int,
     per_call = 1 if bar is not None else \
         epochs if batch >= n else max(1, min(epochs, MAX_BATCH_ROWS // (n_steps * batch)))
     done = 0
+    watch = compile_watch(notice=model.verbose > 0)  # the kernel compiles on its first call
     while done < epochs:
         s_n = min(per_call, epochs - done)
         out = run.outputs(s_n)
@@ -364,7 +367,8 @@ def fit_sweeps_compiled(model, X: np.ndarray, y: np.ndarray, epochs: int,
         else:
             batch_idx = batch_ptr = _NO_BATCHES
         t0 = time.perf_counter()
-        with kernel_threads():  # BLAS under the kernel on one thread
+        compiled = watch.count
+        with watch, kernel_threads():  # BLAS under the kernel on one thread
             status, s_done, bad = pc.pal_sweep(
                 kp, kc, kv, ka, f1, f1t, yi, yf, batch_idx, batch_ptr, run.ahat, run.cores,
                 run.bonds, run.ins, run.outs, run.pre, run.suf, run.al, theta, adam_m, adam_v,
@@ -374,7 +378,10 @@ def fit_sweeps_compiled(model, X: np.ndarray, y: np.ndarray, epochs: int,
             hist.extend(_records(out, s_done, done, seconds, model.task_ == "classification"))
             done += s_done
             if bar is not None:
-                bar.update(s_done)
+                if watch.count != compiled:
+                    restart_clock(bar, advance=s_done)  # compile time is not sweep time
+                else:
+                    bar.update(s_done)
                 bar.set_postfix(loss=f"{hist[-1]['loss']:.4f}")
             continue
         write_back()  # as the Python path leaves it: every update before the failing one

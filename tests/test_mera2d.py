@@ -423,3 +423,28 @@ def test_unshared_gradients_and_constraints(rng):
     assert len(before) == 16 * 4
     np.testing.assert_allclose(norm._norms(), before, rtol=1e-12)
     assert max(np.abs(a - b).max() for a, b in zip(norm._scale_free_tensors(), start)) > 1e-6
+
+
+@pytest.mark.parametrize("side,patch,net", [(8, 1, 8), (16, 1, 16), (28, 1, 32), (32, 1, 32),
+                                            (33, 4, 64), (64, 4, 64), (100, 4, 128)])
+def test_auto_patch_and_default_bonds(side, patch, net):
+    # pixel sites up to 32x32, 4x4 patch sites above; the network side gives back the same
+    # patch (checkpoints store only the network shape)
+    m = MERA2D(n_classes=2)
+    m._check_config()
+    assert m._network_shape(side, side) == (net, net)
+    m._setup((net, net))
+    assert m.patch_ == patch and m._patch_for(net) == patch
+    # default bonds: each level's chi, lowered while u1 = (p b)^4 passes 2^21 numbers
+    assert m.bonds_[0] == (2 if patch == 4 else 4)
+    assert all((m._site_dim(l) * b) ** 4 <= MERA2D.MAX_DEFAULT_U1 for l, b in enumerate(m.bonds_))
+
+
+def test_default_shift_augmentation_only_with_patch_sites(rng):
+    m = MERA2D(n_classes=2, epochs=1, chi=2).fit(rng.random((4, 64, 64)), [0, 1, 0, 1])
+    assert m.patch_ == 4 and m._augment_shift() == 4.0
+    m = MERA2D(n_classes=2, epochs=1, chi=2).fit(rng.random((4, 8, 8)), [0, 1, 0, 1])
+    assert m._augment_shift() == 0.0
+    assert MERA2D(augment_shift=1.5, patch=1)._augment_shift() == 1.5
+    with pytest.raises(ValueError, match="^augment_shift: "):
+        MERA2D(augment_shift=-1).fit(rng.random((4, 8, 8)), [0, 1, 0, 1])

@@ -264,3 +264,32 @@ def test_digits_from_pixels():
             sweep_lr=4.0, lr=0.02, epochs=100, random_state=0)
     m.fit(X_tr.reshape(len(X_tr), -1), y_tr)
     assert m.score(X_te.reshape(len(X_te), -1), y_te) >= 0.95
+
+
+@pytest.mark.parametrize("n_features,frozen,in_dims", [
+    (64, None, (4, 4, 4)),      # the digits: three near-equal factors
+    (256, None, (8, 8, 4)),
+    (30, None, (5, 3, 2)),
+    (13, 16, None),             # a prime: a frozen map to the next power of two first
+    (2, 8, None),               # too narrow for three factors > 1: at least 8
+    (1, 8, None),
+])
+def test_default_stack_is_one_wide_tn_layer_and_a_softmax_head(n_features, frozen, in_dims):
+    from fasttn.models.tnn import default_layers
+
+    configs = default_layers(n_features, 5)
+    if frozen is None:
+        assert [c["type"] for c in configs] == ["TNLayer", "Dense"]
+    else:
+        assert [c["type"] for c in configs] == ["Dense", "TNLayer", "Dense"]
+        assert configs[0]["units"] == frozen and not configs[0]["trainable"]
+    tn, head = configs[-2], configs[-1]
+    assert tn["units"] == 512 and tn["n_sites"] == 3 and tuple(tn["out_dims"]) == (8, 8, 8)
+    assert tn["bond_dim"] == 16 and tn["activation"] == "relu"
+    assert head["units"] == 5 and head["activation"] == "softmax"
+    rng = np.random.default_rng(0)
+    m = TNN(epochs=1, random_state=0).fit(rng.random((20, n_features)), rng.integers(0, 5, 20))
+    tn_layer = [l for l in m.layers_ if isinstance(l, TNLayer)][0]
+    if in_dims is not None:
+        assert tn_layer.in_dims_ == in_dims
+    assert m.predict(rng.random((3, n_features))).shape == (3,)

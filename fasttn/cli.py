@@ -26,7 +26,7 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     _add_needle_source_options(q)
     # model options default to None: the estimator's own defaults (what a bare QCNN() does)
     q.add_argument("--d", type=int, default=None,
-                   help="base width; widths d*(l+1) (default: the model's, 12)")
+                   help="base width; widths d*(l+1) (default: the model's, 14)")
     q.add_argument("--feature-map", default=None, choices=["fourier", "legendre", "cos_sin"],
                    help="default: the model's, cos_sin (Fourier is periodic on [0, 1], so it "
                         "cannot tell black from white pixels)")

@@ -72,7 +72,9 @@ class QCNN(ImageClassifier):
         has its output even if the training labels lack some.
     d : int
         Base width: level widths are ``d * (l + 1)`` (q-CNN paper) unless ``widths`` is given;
-        also the number of feature channels unless ``n_features`` is given.
+        also the number of feature channels unless ``n_features`` is given. Default 14, chosen
+        on validation splits: 5-fold CV on the digits at 16x16 0.986 (d = 12: 0.972, d = 16:
+        0.983 at 2.4x the cost of 12), a held-out 10% of Fashion-MNIST 16x16 0.902 (0.901).
     widths : list of int, optional
         Output width of each of the L levels (L = log2 of the sites for 1D pooling, log2 of
         the side for 2D pooling).
@@ -148,7 +150,7 @@ class QCNN(ImageClassifier):
     _NONNEGATIVE_STATE = ("running_vars_",)
     _SIZE_PARAMS = ("d", "widths", "n_features")
 
-    def __init__(self, n_classes: Optional[int] = None, d: int = 12,
+    def __init__(self, n_classes: Optional[int] = None, d: int = 14,
                  widths: Optional[Sequence[int]] = None,
                  feature_map: str = "cos_sin", n_features: Optional[int] = None,
                  constant: bool = False, pooling: str = "1d", child_weights: str = "separate",

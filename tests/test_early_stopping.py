@@ -1,6 +1,11 @@
-"""Early stopping's bookkeeping: the best epoch, its tie-break, patience."""
+"""Early stopping's bookkeeping (the best epoch, its tie-break, patience) and the other
+end-of-epoch hooks every image model's fit takes."""
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
+import fasttn
 from fasttn.train.early_stopping import BestEpoch
 
 
@@ -35,3 +40,22 @@ def test_ties_of_the_accuracy_go_to_the_better_second_entry():
 def test_without_patience_it_never_stops():
     hook, recs = _run([0.9, 0.1, 0.1, 0.1, 0.1, 0.1])
     assert len(recs) == 6 and not any(r.get("stop") for r in recs) and hook.best_epoch == 1
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fasttn.QCNN(d=2, epochs=3, early_stopping=False, random_state=0),
+    lambda: fasttn.MERA2D(chi=2, epochs=3, early_stopping=False, random_state=0),
+    lambda: fasttn.TTN2D(chi=2, epochs=3, early_stopping=False, random_state=0),
+], ids=["QCNN", "MERA2D", "TTN2D"])
+def test_every_image_model_takes_epoch_callbacks(make):
+    rng = np.random.default_rng(0)
+    X, y = rng.random((12, 8, 8)), np.arange(12) % 2
+    seen = []
+
+    def callback(model, epoch, record):
+        seen.append((model, epoch, record["epoch"]))
+        return {"callback_epoch": epoch}
+
+    m = make().fit(X, y, callbacks=[callback])
+    assert [e for _, e, _ in seen] == [0, 1, 2] and all(model is m for model, _, _ in seen)
+    assert [rec["callback_epoch"] for rec in m.history_] == [0, 1, 2]

@@ -20,7 +20,7 @@ A model implements ``_network_shape``, ``_setup``/``_init_params`` (sizes from
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from sklearn.base import ClassifierMixin
@@ -362,6 +362,13 @@ class ImageClassifier(ClassifierMixin, Estimator):
         accuracy = float(np.mean(np.argmax(log_p, axis=1) == y))
         picked = np.maximum(log_p[np.arange(len(y)), y], -1e300)
         return accuracy, float(np.mean(picked))
+
+    def _epoch_hooks(self, monitor: Any, callbacks: Sequence[Callable]) -> List[Callable]:
+        """The fit loop's end-of-epoch hooks: the early-stopping monitor (when there is
+        one), then each ``callback(model, epoch, record)`` of ``fit``."""
+        hooks: List[Callable] = [] if monitor is None else [monitor]
+        hooks += [lambda epoch, rec, cb=cb: cb(self, epoch, rec) for cb in callbacks]
+        return hooks
 
     def _finish_fit(self, monitor: Optional[BestEpoch]) -> None:
         """After the epochs: return to the best validation epoch where one was kept."""

@@ -15,7 +15,7 @@ each batch of images goes up once and only the loss and the correct count come b
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -506,6 +506,7 @@ class MERA2D(ImageClassifier):
     def fit(self, X: Any, y: Any, *, epochs: Optional[int] = None,
             batch_size: Optional[int] = None,
             validation_data: Optional[Tuple[Any, Any]] = None,
+            callbacks: Sequence[Callable[["MERA2D", int, Dict], Optional[Dict]]] = (),
             warm_start: bool = False, augment: Optional[Augment] = None) -> "MERA2D":
         """Train with softmax cross-entropy on images with labels.
 
@@ -520,6 +521,9 @@ class MERA2D(ImageClassifier):
         validation_data : (X_val, y_val), optional
             Scored after every epoch (``val_accuracy``); with ``early_stopping`` it
             replaces the split held out of ``X``.
+        callbacks : callables
+            ``f(model, epoch, record) -> dict or None`` after each epoch; returned items join
+            the epoch's history record (e.g. a test-set score).
         warm_start : bool
             Continue from the current parameters instead of re-initialising.
         augment : callable, optional
@@ -551,7 +555,7 @@ class MERA2D(ImageClassifier):
             self._retract(norms)
             return loss, n_correct(scores, y_b)
 
-        hooks = [] if monitor is None else [monitor]
+        hooks = self._epoch_hooks(monitor, callbacks)
         start = len(self.history_)
         hist = fit_loop(step, len(y), epochs=epochs, batch_size=batch_size, rng=rng,
                         set_epoch=lambda e: sched.set_epoch(start + e), end_of_epoch=hooks,

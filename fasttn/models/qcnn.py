@@ -540,9 +540,7 @@ class QCNN(ImageClassifier):
             self._update_running(used, len(idx))
             return loss, n_correct(abs(scores) if abs_pred else scores, y_b)
 
-        hooks = [] if monitor is None else [monitor]
-        for cb in callbacks:
-            hooks.append(lambda epoch, rec, cb=cb: cb(self, epoch, rec))
+        hooks = self._epoch_hooks(monitor, callbacks)
         start = len(self.history_)
         hist = fit_loop(step, len(y), epochs=epochs, batch_size=batch_size, rng=rng,
                         set_epoch=lambda e: sched.set_epoch(start + e), end_of_epoch=hooks,

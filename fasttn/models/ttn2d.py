@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -266,6 +266,7 @@ class TTN2D(ImageClassifier):
     def fit(self, X: Any, y: Any, *, epochs: Optional[int] = None,
             batch_size: Optional[int] = None,
             validation_data: Optional[Tuple[Any, Any]] = None,
+            callbacks: Sequence[Callable[["TTN2D", int, Dict], Optional[Dict]]] = (),
             warm_start: bool = False) -> "TTN2D":
         """Train on images ``X : (n, side, side)`` in [0, 1] with labels ``y``.
 
@@ -277,11 +278,13 @@ class TTN2D(ImageClassifier):
         self, with ``history_`` (one dict per epoch or sweep: loss (Adam) or fidelity and
         ``entropy`` (sweeps: per level, the mean entropy of the environments' normalised
         squared singular values, the spectrum each update keeps), accuracy, seconds, and
-        ``val_accuracy`` with ``validation_data``).
+        ``val_accuracy`` with ``validation_data``). Each ``callbacks`` entry,
+        ``f(model, epoch, record) -> dict or None``, runs after each epoch or sweep; returned
+        items join that record.
         """
         X, y, epochs, batch_size, rng, monitor = self._start_fit(
             X, y, epochs, batch_size, warm_start, validation_data)
-        hooks = [] if monitor is None else [monitor]
+        hooks = self._epoch_hooks(monitor, callbacks)
         start = len(self.history_)
         if self.solver == "sweep":
             hist = self._fit_sweeps(X, y, epochs, hooks)

@@ -22,7 +22,6 @@ import numpy as np
 from .. import ops
 from .._validate import check_choice, check_number, check_per_level, check_positive_int
 from ..backend import array_module, to_numpy
-from ..data.transforms import random_shift
 from ..ops.feature_maps import FEATURE_MAPS, n_channels
 from ..ops.site_norm import (relu_sites_backward, relu_sites_forward, site_norm_backward,
                              site_norm_forward, unit_sites)
@@ -67,11 +66,12 @@ class MERA2D(ImageClassifier):
         to 32x32 images, 4 above (from 33x33 the grid of sites is then 16x16 or more, and
         the first level's tensors stay small: a 4x4 patch is a site of 17 entries with the
         constant, and ``u1`` holds ``17^4 b^4`` numbers); the fitted value is
-        ``patch_``. 1: every pixel is a site, embedded by ``feature_map``. ``k > 1``: every ``k x k`` patch is a site
-        whose vector is its raw pixel values (``k^2`` entries, row-major in the patch; the
-        2D MERA reference's input, whose ``GridMERAin16`` is ``patch=4, chi=2`` on 16x16
-        images); ``feature_map`` and ``n_features`` are then unused. Images must tile into
-        patches, and the grid of patches must have a power-of-2 side.
+        ``patch_``. 1: every pixel is a site, embedded by ``feature_map``. ``k > 1``:
+        every ``k x k`` patch is a site whose vector is its raw pixel values (``k^2``
+        entries, row-major in the patch; the 2D MERA reference's input, whose
+        ``GridMERAin16`` is ``patch=4, chi=2`` on 16x16 images); ``feature_map`` and
+        ``n_features`` are then unused. Images must tile into patches, and the grid of
+        patches must have a power-of-2 side.
     feature_map : {"cos_sin", "fourier", "legendre"}
         Per-pixel map; ``cos_sin`` is [cos(pi x / 2), sin(pi x / 2)] at its default degree 2.
     n_features : int, optional
@@ -541,6 +541,8 @@ class MERA2D(ImageClassifier):
         X, y, epochs, batch_size, rng, monitor = self._start_fit(
             X, y, epochs, batch_size, warm_start, validation_data)
         if augment is None and self._augment_shift() > 0:
+            from ..data.transforms import random_shift  # lazy: keeps `import fasttn` light
+
             augment = functools.partial(random_shift, max_shift=self._augment_shift())
         opt = AdamW(self._param_list(), lr=self.lr, weight_decay=self.weight_decay)
         sched = StepLR(opt, step_size=self.lr_step, gamma=self.lr_gamma)

@@ -448,3 +448,54 @@ def test_default_shift_augmentation_only_with_patch_sites(rng):
     assert MERA2D(augment_shift=1.5, patch=1)._augment_shift() == 1.5
     with pytest.raises(ValueError, match="^augment_shift: "):
         MERA2D(augment_shift=-1).fit(rng.random((4, 8, 8)), [0, 1, 0, 1])
+
+
+@pytest.mark.parametrize("side,window,patch,level_map", [
+    (16, 8, 1, "relu"), (32, 8, 2, "none"), (16, 4, 1, "none"), (64, 32, 4, "relu")])
+def test_scanning_read_out_is_the_pool_of_the_window_network(rng, side, window, patch,
+                                                              level_map):
+    # the spec of window=W: the network of one W x W window (the same tensors) on every
+    # region at stride W / (top block side), class scores pooled by log-mean-exp
+    m = small_model(rng, side=side, window=window, patch=patch, level_map=level_map)
+    assert m.window_ == window and m.scan_ == (side - window) // m.window_stride_ + 1
+    one = small_model(rng, side=window, patch=patch, level_map=level_map)
+    one.params_ = m.params_
+    X = rng.random((3, side, side))
+    scores = m._forward_backward(X, None)[0]
+    st, pos = m.window_stride_, m.scan_
+    z = np.stack([one._forward_backward(X[:, i * st:i * st + window, j * st:j * st + window],
+                                        None)[0]
+                  for i in range(pos) for j in range(pos)], axis=1)
+    assert_close(scores, np.log(np.mean(np.exp(z), axis=1)), np.float64, "pooled regions")
+    m.classes_, m.image_shape_ = np.arange(3), (side, side)
+    evidence = m.evidence_map(X, batch_size=2)
+    assert evidence.shape == (3, pos, pos, 3)
+    assert_close(evidence.reshape(3, -1, 3), z, np.float64, "evidence map")
+
+
+@pytest.mark.parametrize("level_map", ["none", "relu"])
+@pytest.mark.parametrize("side,window", [(16, 8), (16, 4), (8, 2)])
+def test_scanning_read_out_gradients(rng, side, window, level_map):
+    m = small_model(rng, side=side, window=window, level_map=level_map)
+    assert m.scan_ > 1
+    X = rng.random((3, side, side))
+    check_model_gradients(m, X, rng.integers(0, 3, 3), rng)
+
+
+def test_window_trains_saves_and_checks_its_arguments(rng, tmp_path):
+    X = rng.random((8, 32, 32))
+    y = np.array(["a", "b"] * 4)
+    m = MERA2D(window=16, patch=2, chi=2, epochs=2, batch_size=4, random_state=0).fit(X, y)
+    assert (m.window_, m.window_stride_, m.scan_) == (16, 8, 3)
+    assert m.evidence_map(X[:2]).shape == (2, 3, 3, 2)
+    path = tmp_path / "window.npz"
+    m.save(path)
+    back = fasttn.load(path)
+    assert_close(back.decision_function(X), m.decision_function(X), np.float64, "reloaded")
+    # a window as large as the image is the global read-out
+    g = MERA2D(window=64, patch=2, chi=2, epochs=1, random_state=0).fit(X, y)
+    assert g.scan_ == 1 and g.window_ == 32
+    for bad, match in [(dict(window=0), "^window: "), (dict(window=12, patch=2), "^window: "),
+                       (dict(window=16, patch=2, shared=False), "^shared: ")]:
+        with pytest.raises(ValueError, match=match):
+            MERA2D(chi=2, epochs=1, **bad).fit(X, y)

@@ -23,6 +23,8 @@ from .. import ops
 from .._validate import check_choice, check_number, check_per_level, check_positive_int
 from ..backend import array_module, to_numpy
 from ..ops.feature_maps import FEATURE_MAPS, n_channels
+from ..ops.region_pool import (lse_pool_backward, lse_pool_forward, scan_windows,
+                               scan_windows_backward)
 from ..ops.site_norm import (relu_sites_backward, relu_sites_forward, site_norm_backward,
                              site_norm_forward, unit_sites)
 from ..train import AdamW, StepLR, loss_fn, n_correct
@@ -144,6 +146,7 @@ class MERA2D(ImageClassifier):
                  batch_size: int = 32, epochs: int = 40,
                  init: str = "identity", init_scale: float = 1.0, constraint: str = "none",
                  augment_shift: Union[float, str] = "auto",
+                 window: Union[None, int, str] = None,
                  image_shape: Optional[Tuple[int, int]] = None, input_scaling: str = "auto",
                  early_stopping: bool = True, validation_fraction: float = 0.1,
                  n_iter_no_change: int = 8,
@@ -168,6 +171,7 @@ class MERA2D(ImageClassifier):
         self.init_scale = init_scale
         self.constraint = constraint
         self.augment_shift = augment_shift
+        self.window = window
         self.image_shape = image_shape
         self.input_scaling = input_scaling
         self.early_stopping = early_stopping
@@ -204,6 +208,8 @@ class MERA2D(ImageClassifier):
         check_choice("level_map", self.level_map, LEVEL_MAPS)
         if self.augment_shift != "auto":
             check_number("augment_shift", self.augment_shift, low=0.0)
+        if self.window not in (None, "auto"):
+            check_positive_int("window", self.window)
         self._check_device()
 
     def _n_features(self) -> int:
@@ -211,14 +217,28 @@ class MERA2D(ImageClassifier):
             return int(self.n_features)
         return 2 if self.feature_map == "cos_sin" else 4
 
+    #: Side of the regions ``window="auto"`` reads out, in pixels, on larger images.
+    AUTO_WINDOW = 32
+
+    def _window_for(self, side: int) -> int:
+        """The side in pixels of the square region one read-out sees, on images of this
+        side: ``window``, capped at the image; ``None``: the image; ``"auto"``:
+        ``AUTO_WINDOW`` when the side rounds up to a larger power of two, else the
+        image. The answer is the same for an input side and for the network side it pads
+        to, so a checkpoint's network shape gives back its window."""
+        padded = next_power_of_two(int(side))
+        if self.window is None or (self.window == "auto" and padded <= self.AUTO_WINDOW):
+            return padded
+        cap = self.AUTO_WINDOW if self.window == "auto" else int(self.window)
+        return min(cap, padded)
+
     def _patch_for(self, side: int) -> int:
         """The ``patch`` for images of this side: the parameter, or for ``"auto"``
-        1 when the side rounds up to a power of two ``P <= 32``, else 4. The
-        answer is the same for an input side and for the network side it pads to, so a
-        checkpoint's network shape gives back its patch."""
+        1 when the region one read-out sees (:meth:`_window_for`) rounds up to a power
+        of two ``P <= 32``, else 4. The same for an input side and its padded side."""
         if self.patch != "auto":
             return int(self.patch)
-        return 1 if next_power_of_two(int(side)) <= 32 else 4
+        return 1 if next_power_of_two(self._window_for(side)) <= 32 else 4
 
     def _network_shape(self, height: int, width: int) -> Tuple[int, int]:
         """A square of ``patch``-sided sites, the grid's side a power of two (at least 2)."""
@@ -242,8 +262,18 @@ class MERA2D(ImageClassifier):
             raise ValueError(f"X: expected square images whose {what} is a power of 2 (2, 4, "
                              f"8, ..., 1024), got {h}x{w}; pad or resize them")
         self.image_shape_ = (h, w)
+        self.window_ = self._window_for(h)
+        if self.window_ < h:  # the levels of one window's network; its top block scans
+            levels, side = self._window_levels(k)
         self.has_end_ = side == 2
         self.n_levels_ = levels + int(self.has_end_)
+        top_side = 2 if self.has_end_ else 4
+        # positions per axis of the top block: 1, or every site of the grid below it
+        self.scan_ = h // self.window_ * top_side - top_side + 1
+        if self.scan_ > 1 and not self.shared:
+            raise ValueError(f"shared: position-specific blocks (shared=False) need one read-"
+                             f"out of the whole image (window=None), got window="
+                             f"{self.window!r} on {h}x{w} images")
         self.chis_ = check_per_level("chi", self.chi, levels,
                                      f" 4x4 levels for {h}x{w} images in {k}x{k} sites")
         if k == 1:
@@ -258,9 +288,26 @@ class MERA2D(ImageClassifier):
         else:
             self.bonds_ = [self._default_bond(self._site_dim(level), b) for level, b in
                            enumerate(self.chis_ + [end_bond] * self.has_end_)]
-        # blocks of each level: (grid side / 4)^2, one for the end block
+        # blocks of each level: (grid side / 4)^2, one for the end block, or the
+        # positions of a scanning top block
         self.n_blocks_ = [(h // k // 4 ** (l + 1)) ** 2 for l in range(levels)] + \
             [1] * self.has_end_
+        self.n_blocks_[-1] = self.scan_ ** 2 if self.scan_ > 1 else self.n_blocks_[-1]
+
+    def _window_levels(self, k: int) -> Tuple[int, int]:
+        """``(4x4 levels, side left: 1 or 2)`` of the network on one ``window_`` of
+        ``k x k`` sites."""
+        if self.window_ % k or self.window_ // k < 2:
+            raise ValueError(f"window: expected a multiple of patch={k} of at least 2 "
+                             f"patches, got {self.window_} pixels")
+        side, levels = self.window_ // k, 0
+        while side > 1 and side % 4 == 0:
+            side //= 4
+            levels += 1
+        if side not in (1, 2):
+            raise ValueError(f"window: expected a power of 2 in {k}x{k} sites, got "
+                             f"{self.window_} pixels")
+        return levels, side
 
     #: Most entries a default disentangler ``u1`` (``p^4 b^4``) may hold.
     MAX_DEFAULT_U1 = 1 << 21
@@ -461,46 +508,82 @@ class MERA2D(ImageClassifier):
                 dst[j] = src
         return g_x, grads
 
+    def _network_forward(self, X: Any, record: Optional[List[np.ndarray]] = None,
+                         evidence: Optional[List[Any]] = None):
+        """The levels on images ``X``: ``(scores, log_scale, tapes)``, ``scores (n,
+        n_classes_)`` float64 and ``tapes`` what :meth:`_network_backward` needs. A
+        ``record`` list receives the features, then the normalised output of every level
+        but the last (host float64); an ``evidence`` list the per-position class scores
+        ``(n, scan_, scan_, n_classes_)`` (float64, on the device)."""
+        x = self._sites(X)
+        xp = array_module(x)
+        n = X.shape[0]
+        if record is not None:
+            record.append(to_numpy(x).astype(np.float64))
+        log_scale = xp.zeros(n)
+        tapes = []
+        for level in range(self.n_levels_):
+            top = level == self.n_levels_ - 1
+            if top and self.scan_ > 1:  # one read-out per position of the grid
+                side = x.shape[1]
+                x = scan_windows(x, side - self.scan_ + 1)
+                x = x.reshape((-1,) + x.shape[3:])
+            out, saved = self._level_forward(level, x)
+            if top:
+                tapes.append((saved, None))
+                break
+            x, log_norm, nsaved = site_norm_forward(out)
+            log_scale += log_norm.reshape(n, -1).sum(axis=1)
+            if self.level_map == "relu":
+                x = relu_sites_forward(x)
+            tapes.append((saved, nsaved))
+            if record is not None:  # normalised again in float64: unit to rounding
+                record.append(to_numpy(unit_sites(out)))
+        z = out.reshape(n, self.scan_ ** 2, self.n_classes_)
+        if evidence is not None:
+            evidence.append(z.astype(np.float64).reshape(
+                n, self.scan_, self.scan_, self.n_classes_))
+        if self.scan_ == 1:
+            return z[:, 0].astype(np.float64), log_scale, tapes
+        scores, pooled = lse_pool_forward(z)
+        tapes.append(pooled)
+        return scores, log_scale, tapes
+
+    def _network_backward(self, tapes: List[Any], g_scores: Any) -> List[Any]:
+        """Gradients of every tensor (``_param_list`` order) from ``dL/dscores``; frees
+        the tapes as it goes."""
+        n = g_scores.shape[0]
+        if self.scan_ > 1:
+            g_scores = lse_pool_backward(tapes.pop(), g_scores)
+        g = g_scores.astype(self.dtype).reshape(-1, 1, 1, self.n_classes_)
+        per_level: List[List[np.ndarray]] = [[] for _ in range(self.n_levels_)]
+        for level in range(self.n_levels_ - 1, -1, -1):
+            g_x, per_level[level] = self._level_backward(level, tapes[level][0], g)
+            if level == self.n_levels_ - 1 and self.scan_ > 1:
+                s = g_x.shape[1]
+                g_x = scan_windows_backward(
+                    g_x.reshape((n, self.scan_, self.scan_) + g_x.shape[1:]),
+                    self.scan_ + s - 1)
+            tapes[level] = None
+            if level:
+                nsaved = tapes[level - 1][1]
+                if self.level_map == "relu":
+                    g_x = relu_sites_backward(nsaved[0], g_x)
+                g = site_norm_backward(nsaved, g_x)
+        return [g_p for level_grads in per_level for g_p in level_grads]
+
     def _forward_backward(self, X: np.ndarray, y: Optional[np.ndarray],
                           record: Optional[List[np.ndarray]] = None):
         """Scores (and with labels the loss and the gradients) of a batch of images.
 
         ``X`` and ``y`` are on the tensors' device. Returns ``(scores, log_scale, loss,
         grads)``, arrays on that device; ``log_scale`` is the per-image log of the factor the
-        normalisations divided out. A ``record`` list receives the features and then the
-        normalised output of every level but the last (host float64)."""
-        x = self._sites(X)
-        xp = array_module(x)
-        if record is not None:
-            record.append(to_numpy(x).astype(np.float64))
-        log_scale = xp.zeros(X.shape[0])
-        tapes, norms = [], []
-        for level in range(self.n_levels_):
-            out, saved = self._level_forward(level, x)
-            tapes.append(saved)
-            if level < self.n_levels_ - 1:
-                x, log_norm, nsaved = site_norm_forward(out)
-                log_scale += log_norm.reshape(X.shape[0], -1).sum(axis=1)
-                norms.append(nsaved)
-                if self.level_map == "relu":
-                    x = relu_sites_forward(x)
-                if record is not None:  # normalised again in float64: unit to rounding
-                    record.append(to_numpy(unit_sites(out)))
-        scores = out.reshape(X.shape[0], self.n_classes_).astype(np.float64)
+        normalisations divided out. ``record``: see :meth:`_network_forward`."""
+        scores, log_scale, tapes = self._network_forward(X, record)
         if y is None:
             return scores, log_scale, None, None
         loss, g_scores = loss_fn("cross_entropy")(scores, y)
-        g = g_scores.astype(self.dtype).reshape(out.shape)
-        per_level: List[List[np.ndarray]] = [[] for _ in range(self.n_levels_)]
-        for level in range(self.n_levels_ - 1, -1, -1):
-            g_x, per_level[level] = self._level_backward(level, tapes[level], g)
-            tapes[level] = None
-            if level:
-                if self.level_map == "relu":
-                    g_x = relu_sites_backward(norms[level - 1][0], g_x)
-                g = site_norm_backward(norms[level - 1], g_x)
-        grads = [g_p for level_grads in per_level for g_p in level_grads]
-        return scores, log_scale, loss, grads
+        return scores, log_scale, loss, self._network_backward(tapes, g_scores)
 
     # ------------------------------------------------------------------------ public
     def fit(self, X: Any, y: Any, *, epochs: Optional[int] = None,
@@ -586,6 +669,43 @@ class MERA2D(ImageClassifier):
         self._check_fitted()
         X = self._check_X(X, fitted=True)
         return self._batched(X, batch_size, 1)
+
+    def evidence_map(self, X: Any, batch_size: int = 64) -> np.ndarray:
+        """Class scores of every region the network reads out: where it looked.
+
+        Parameters
+        ----------
+        X : (n, height, width) or (n, height * width)
+            Images of the fitted shape.
+        batch_size : int
+            Images per forward pass.
+
+        Returns
+        -------
+        (n, scan_, scan_, n_classes_) float64
+            ``[:, i, j]``: the scores of the ``window_ x window_`` region whose top-left
+            pixel is ``(i, j) * window_stride_`` on the network's image (the input,
+            zero-padded and centred to ``network_shape_``); the scores of an image are
+            ``log(mean over regions of exp(these))``. For two classes,
+            ``[..., 1] - [..., 0]`` is each region's evidence for the second class. With a
+            read-out of the whole image (``scan_ == 1``) the one region is the image.
+        """
+        self._check_fitted()
+        X = self._check_X(X, fitted=True)
+        batch_size = check_positive_int("batch_size", batch_size)
+        parts = []
+        for i in range(0, X.shape[0], batch_size):
+            evidence: List[Any] = []
+            self._network_forward(self._to_device(X[i:i + batch_size]), evidence=evidence)
+            parts.append(to_numpy(evidence[0]))
+        return np.concatenate(parts)
+
+    @property
+    def window_stride_(self) -> int:
+        """Pixels between neighbouring regions of :meth:`evidence_map` (on the network's
+        image): the side of the sites the top block reads."""
+        top_side = 2 if self.has_end_ else 4
+        return self.window_ // top_side
 
     def layer_outputs(self, X: Any, batch_size: int = 64) -> Dict[str, np.ndarray]:
         """Per-image representation at every layer of the network.

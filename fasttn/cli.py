@@ -467,6 +467,11 @@ def _add_train_mera(models: argparse._SubParsersAction) -> None:
                    help="sites are PATCH x PATCH squares of raw pixel values (1: every pixel "
                         "a site, embedded by --feature-map; model default: 1 up to 32x32, "
                         "else 4)")
+    q.add_argument("--window", default=None, type=_window_arg,
+                   help="side in pixels of the regions read out: the top block scans every "
+                        "position and the class scores are pooled over them; 'image': one "
+                        "read-out of the whole image (model default: 32 on images larger "
+                        "than 32x32)")
     q.add_argument("--feature-map", default=None, choices=["fourier", "legendre", "cos_sin"])
     q.add_argument("--no-constant", action="store_true", help="no constant feature channel")
     q.add_argument("--level-map", default=None, choices=["none", "relu"],
@@ -497,6 +502,20 @@ def _add_train_mera(models: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_train_mera)
 
 
+def _window_arg(text: str):
+    """``--window``: a positive number of pixels, or ``image``."""
+    if text == "image":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of pixels or 'image', "
+                                         f"got {text!r}")
+    return value
+
+
 def _train_mera(args: argparse.Namespace) -> int:
     import time
 
@@ -515,6 +534,8 @@ def _train_mera(args: argparse.Namespace) -> int:
         params["chi"] = _int_or_list(args.chi)
     if args.bond is not None:
         params["bond"] = _int_or_list(args.bond)
+    if args.window is not None:
+        params["window"] = None if args.window == "image" else args.window
     if args.unshared:
         params["shared"] = False
     if args.no_constant:

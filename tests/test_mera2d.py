@@ -206,8 +206,8 @@ def test_norm_constraint_trains_three_levels():
     Xtr, ytr, Xte, yte = load_task("digits", size=64)
     Xtr, ytr = select_classes(Xtr, ytr, [3, 8])
     Xte, yte = select_classes(Xte, yte, [3, 8])
-    m = MERA2D(n_classes=2, chi=4, patch=1, epochs=12, lr=0.003, constraint="norm", random_state=0,
-               early_stopping=False)
+    m = MERA2D(n_classes=2, chi=4, patch=1, window=None, epochs=12, lr=0.003,
+               constraint="norm", random_state=0, early_stopping=False)
     m.fit(Xtr, ytr)
     assert m.n_levels_ == 3
     assert m.score(Xte, yte) >= 0.9
@@ -425,16 +425,20 @@ def test_unshared_gradients_and_constraints(rng):
     assert max(np.abs(a - b).max() for a, b in zip(norm._scale_free_tensors(), start)) > 1e-6
 
 
-@pytest.mark.parametrize("side,patch,net", [(8, 1, 8), (16, 1, 16), (28, 1, 32), (32, 1, 32),
-                                            (33, 4, 64), (64, 4, 64), (100, 4, 128)])
-def test_auto_patch_and_default_bonds(side, patch, net):
-    # pixel sites up to 32x32, 4x4 patch sites above; the network side gives back the same
-    # patch (checkpoints store only the network shape)
-    m = MERA2D(n_classes=2)
+@pytest.mark.parametrize("window,side,patch,net,scan", [
+    ("auto", 8, 1, 8, 1), ("auto", 16, 1, 16, 1), ("auto", 28, 1, 32, 1), ("auto", 32, 1, 32, 1),
+    ("auto", 33, 2, 64, 5), ("auto", 64, 2, 64, 5), ("auto", 100, 2, 128, 13),
+    (None, 33, 4, 64, 1), (None, 64, 4, 64, 1), (None, 100, 4, 128, 1), (16, 64, 1, 64, 13)])
+def test_auto_window_patch_and_default_bonds(window, side, patch, net, scan):
+    # images up to 32x32: one read-out of pixel sites; above, 32x32 regions of 2x2 patch
+    # sites scanned every 8 pixels (a whole-image read-out takes 4x4 patch sites); the
+    # network side gives back the same patch and window (checkpoints store only the shape)
+    m = MERA2D(n_classes=2, window=window)
     m._check_config()
     assert m._network_shape(side, side) == (net, net)
     m._setup((net, net))
-    assert m.patch_ == patch and m._patch_for(net) == patch
+    assert m.patch_ == patch and m._patch_for(net) == patch and m._patch_for(side) == patch
+    assert m.scan_ == scan and m._window_for(side) == m.window_
     # default bonds: each level's chi, lowered while u1 = (p b)^4 passes 2^21 numbers
     assert m.bonds_[0] == (2 if patch == 4 else 4)
     assert all((m._site_dim(l) * b) ** 4 <= MERA2D.MAX_DEFAULT_U1 for l, b in enumerate(m.bonds_))
@@ -442,6 +446,9 @@ def test_auto_patch_and_default_bonds(side, patch, net):
 
 def test_default_shift_augmentation_only_with_patch_sites(rng):
     m = MERA2D(n_classes=2, epochs=1, chi=2).fit(rng.random((4, 64, 64)), [0, 1, 0, 1])
+    assert m.scan_ == 5 and m.window_stride_ == 8 and m._augment_shift() == 4.0
+    m = MERA2D(n_classes=2, epochs=1, chi=2, window=None).fit(rng.random((4, 64, 64)),
+                                                               [0, 1, 0, 1])
     assert m.patch_ == 4 and m._augment_shift() == 4.0
     m = MERA2D(n_classes=2, epochs=1, chi=2).fit(rng.random((4, 8, 8)), [0, 1, 0, 1])
     assert m._augment_shift() == 0.0

@@ -128,7 +128,7 @@ class Mera2DTrain:
         X, y = fasttn.data.needle_mnist(size=size, count=batch, split="train", seed=0).arrays(batch)
         self.X, self.y = X, y.astype(np.int64)
         m = fasttn.MERA2D(n_classes=2, chi=chi, patch=1, level_map="none", init="random",
-                          random_state=0)  # the multilinear network the baseline mirrors
+                          window=None, random_state=0)  # the network the baseline mirrors
         m._check_config()
         m._setup(X.shape[1:])
         m._init_params(np.random.default_rng(0))
@@ -181,7 +181,7 @@ def mera2d_step_ns_per_pixel(sizes=(64, 256, 1024), batch_pixels: int = 2 * 1024
         X = rng.random((batch, side, side)).astype(np.float32)
         y = rng.integers(0, 2, batch)
         m = fasttn.MERA2D(n_classes=2, chi=chi, patch=1, level_map="none", init="random",
-                          random_state=0)  # the multilinear network the baseline mirrors
+                          window=None, random_state=0)  # the network the baseline mirrors
         m._check_config()
         m._setup(X.shape[1:])
         m._init_params(rng)

@@ -6,7 +6,10 @@ tensor, weights shared by the blocks of a level). Between levels each site is di
 norm and the log of the norm is tracked: every block is linear in each of its sites, so this
 changes the network's output only by a positive factor per image, ``exp(log_scale_)``, and
 keeps the values of deep hierarchies (1024x1024 = 5 levels) of order one. The class scores
-are the last level's output; predictions (argmax) are those of the exact network. The
+are the last level's output; predictions (argmax) are those of the exact network. With a
+``window`` smaller than the image, the top block instead scans every position of its grid
+and the per-region class scores are pooled (a detector of small objects in large images;
+``fasttn.ops.region_pool``). The
 option ``level_map="relu"`` gives up that exactness for a non-linear hierarchy: each
 normalised site ``y`` enters the next level as ``[1, relu(y)]``. With
 ``device="cuda"`` the tensors, activations, gradients and optimizer moments stay on the GPU;
@@ -63,11 +66,23 @@ class MERA2D(ImageClassifier):
         independent of the image size), or one set per block (``False``: position-specific
         blocks, as the reference's NeedleMNIST models; the tensors gain a leading axis over
         the level's blocks in row-major order).
+    window : int, "auto" or None
+        Side in pixels of the square region one read-out sees. ``None``: the whole image,
+        contracted to one vector of class scores (the reference's network). An int ``W``
+        smaller than the (padded) image: the levels below the top run over the whole
+        image as usual, and the top block, instead of tiling its grid of sites, is
+        contracted at every position of it (stride one site: regions of ``W x W`` pixels
+        every ``window_stride_`` pixels); the class scores of the ``scan_ x scan_``
+        regions are pooled by ``log(mean(exp(.)))``, a smooth maximum, so an object
+        anywhere raises its class's score and every region is read by the same tensors.
+        :meth:`evidence_map` gives the per-region scores. ``"auto"``: 32 on images larger
+        than 32x32, else the whole image.
     patch : int or "auto"
-        Side of the square of pixels that forms one input site. ``"auto"`` (default): 1 up
-        to 32x32 images, 4 above (from 33x33 the grid of sites is then 16x16 or more, and
-        the first level's tensors stay small: a 4x4 patch is a site of 17 entries with the
-        constant, and ``u1`` holds ``17^4 b^4`` numbers); the fitted value is
+        Side of the square of pixels that forms one input site. ``"auto"`` (default): with
+        a scanning read-out a sixteenth of the window (each window is then two 4x4 levels;
+        2 for ``W = 32``); with one read-out of the image, 1 up to 32x32 images and 4
+        above (the first level's tensors stay small: a 4x4 patch is a site of 17 entries
+        with the constant, and ``u1`` holds ``17^4 b^4`` numbers). The fitted value is
         ``patch_``. 1: every pixel is a site, embedded by ``feature_map``. ``k > 1``:
         every ``k x k`` patch is a site whose vector is its raw pixel values (``k^2``
         entries, row-major in the patch; the 2D MERA reference's input, whose
@@ -120,7 +135,8 @@ class MERA2D(ImageClassifier):
     augment_shift : float or "auto"
         Training batches are shifted by random sub-pixel offsets of up to this many pixels
         per axis, fresh every batch (:func:`fasttn.data.random_shift`), unless ``fit`` gets
-        its own ``augment``. ``"auto"`` (default): one patch (4 pixels) with patch sites,
+        its own ``augment``. ``"auto"`` (default): half the stride between regions with a
+        scanning read-out (4 pixels for ``W = 32``), else one patch with patch sites and
         none with pixel sites. The blocks sit on a fixed grid of patches; shifted copies
         show a level-0 block every alignment of an object to that grid, which a few
         thousand images do not (NeedleMNIST-64, 3,000 canvases: see the README).
@@ -146,7 +162,7 @@ class MERA2D(ImageClassifier):
                  batch_size: int = 32, epochs: int = 40,
                  init: str = "identity", init_scale: float = 1.0, constraint: str = "none",
                  augment_shift: Union[float, str] = "auto",
-                 window: Union[None, int, str] = None,
+                 window: Union[None, int, str] = "auto",
                  image_shape: Optional[Tuple[int, int]] = None, input_scaling: str = "auto",
                  early_stopping: bool = True, validation_fraction: float = 0.1,
                  n_iter_no_change: int = 8,
@@ -183,7 +199,7 @@ class MERA2D(ImageClassifier):
         self.verbose = verbose
 
     PAPER = dict(patch=4, chi=2, bond=2, constant=False, level_map="none", init="random",
-                 lr=0.0005, epochs=20, early_stopping=False, augment_shift=0.0)
+                 lr=0.0005, epochs=20, early_stopping=False, augment_shift=0.0, window=None)
 
     @classmethod
     def paper(cls, **params: Any) -> "MERA2D":
@@ -233,12 +249,16 @@ class MERA2D(ImageClassifier):
         return min(cap, padded)
 
     def _patch_for(self, side: int) -> int:
-        """The ``patch`` for images of this side: the parameter, or for ``"auto"``
-        1 when the region one read-out sees (:meth:`_window_for`) rounds up to a power
-        of two ``P <= 32``, else 4. The same for an input side and its padded side."""
+        """The ``patch`` for images of this side: the parameter, or for ``"auto"``: with a
+        scanning read-out, a sixteenth of the window (each window two 4x4 levels of
+        sites); with one read-out of the image, 1 up to 32x32, else 4. The same for an
+        input side and its padded side."""
         if self.patch != "auto":
             return int(self.patch)
-        return 1 if next_power_of_two(self._window_for(side)) <= 32 else 4
+        padded, window = next_power_of_two(int(side)), self._window_for(side)
+        if window < padded:
+            return max(1, window // 16)
+        return 1 if padded <= 32 else 4
 
     def _network_shape(self, height: int, width: int) -> Tuple[int, int]:
         """A square of ``patch``-sided sites, the grid's side a power of two (at least 2)."""
@@ -322,9 +342,12 @@ class MERA2D(ImageClassifier):
         return b
 
     def _augment_shift(self) -> float:
-        """``augment_shift`` resolved for the fitted patch size."""
+        """``augment_shift`` resolved for the fitted read-out: half the stride between
+        regions with a scanning read-out, one patch with patch sites, else 0."""
         if self.augment_shift != "auto":
             return float(self.augment_shift)
+        if self.scan_ > 1:
+            return self.window_stride_ / 2
         return float(self.patch_) if self.patch_ > 1 else 0.0
 
     def _site_dim(self, level: int) -> int:

@@ -806,6 +806,99 @@ def _cmd_tsne(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------- explain
+def _add_explain_command(sub: argparse._SubParsersAction) -> None:
+    q = sub.add_parser("explain", help="where a scanning MERA2D found its evidence on "
+                                       "NeedleMNIST test canvases: localisation rate and a PNG "
+                                       "of evidence maps",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("model", help="a checkpoint written by fit/--out (.npz) of a model with "
+                                 "evidence_map (MERA2D)")
+    q.add_argument("--dataset", default="needle", choices=["needle"])
+    q.add_argument("--size", type=int, default=None,
+                   help="canvas side; must be the model's (default: the model's)")
+    q.add_argument("--count", type=int, default=200, help="test canvases scored")
+    q.add_argument("--show", type=int, default=8, help="panels drawn, positives first")
+    q.add_argument("--batch-size", type=int, default=64)
+    q.add_argument("--data-dir", default=None)
+    _add_needle_source_options(q)
+    q.add_argument("--seed", type=int, default=0, help="dataset seed (as in fasttn train)")
+    q.add_argument("--out", default="evidence.png", help="the PNG of evidence maps")
+    q.add_argument("--json", default=None,
+                   help="write the accuracy and the localisation rate here")
+    q.set_defaults(func=_cmd_explain)
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    import fasttn
+    from fasttn.analysis import localisation_rate, region_boxes
+    from fasttn.analysis.plots import save_evidence_overlays
+    from fasttn.data import needle_mnist
+
+    _require_plot("fasttn explain")
+    for flag, value in (("--count", args.count), ("--show", args.show)):
+        if value < 1:
+            raise ValueError(f"{flag}: expected a positive number, got {value}")
+    model = fasttn.load(args.model)
+    if not callable(getattr(model, "evidence_map", None)):
+        raise ValueError(f"{args.model}: a {type(model).__name__} checkpoint; fasttn explain "
+                         f"maps the per-region evidence of models with evidence_map (MERA2D)")
+    h, w = model.input_shape_
+    if args.size is not None and (args.size, args.size) != (h, w):
+        raise ValueError(f"--size: the model reads {h}x{w} images, got --size {args.size}")
+    if len(model.classes_) != 2:
+        raise ValueError(f"{args.model}: fasttn explain needs a two-class (needle present or "
+                         f"not) model, got {len(model.classes_)} classes")
+    ds = needle_mnist(size=h, count=args.count, split="test", seed=args.seed,
+                      source=args.needle_source, target=args.needle_target,
+                      data_dir=args.data_dir)
+    X, y = ds.arrays()
+    boxes = ds.needle_boxes()
+    res = localisation_rate(model, X, y, boxes, batch_size=args.batch_size)
+    accuracy = float(np.mean(res["predicted"] == y))
+    k, m, rate = res["n_localised"], res["n_correct_positive"], res["rate"]
+    print(f"test accuracy {accuracy:.4f} on {len(y)} NeedleMNIST {h}x{w} test canvases")
+    share = f"{rate:.3f}" if m else "none to localise"
+    print(f"localisation: {k} of {m} correctly classified positives ({share})")
+    if m:
+        print(f"chance: a region drawn at random touches the needle {res['chance']:.3f} of "
+              f"the time")
+    if model.scan_ == 1:
+        print("note: the model reads the whole image at once (one region), so every "
+              "positive is localised")
+    positive = y == model.classes_[1]
+    shown = np.concatenate([np.flatnonzero(positive), np.flatnonzero(~positive)])[:args.show]
+    name = ds.metadata()["target_name"]
+
+    def caption(i: int) -> str:
+        said = "present" if res["predicted"][i] == model.classes_[1] else "absent"
+        text = f"#{i}: {name if positive[i] else 'no ' + name}, said {said}"
+        if positive[i] and res["predicted"][i] == y[i]:
+            text += ", found" if res["localised"][i] else ", missed"
+        return text
+
+    save_evidence_overlays(
+        args.out, X[shown], res["evidence"][shown], boxes[shown], region_boxes(model),
+        titles=[caption(int(i)) for i in shown],
+        title=f"{type(model).__name__} evidence, NeedleMNIST {h}x{w} test: localised {k} of "
+              f"{m} detected needles")
+    print(f"wrote {args.out}")
+    if args.json:
+        from fasttn._atomic import atomic_file
+
+        record = {"count": len(y), "size": h, "accuracy": accuracy,
+                  "rate": rate if m else None, "chance": res["chance"] if m else None,
+                  "n_correct_positive": m, "n_localised": k}
+        with atomic_file(args.json) as tmp:
+            with open(tmp, "w") as f:
+                json.dump(record, f, indent=1)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fasttn import __version__
 
@@ -815,6 +908,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_commands(sub)
     _add_data_commands(sub)
     _add_tsne_command(sub)
+    _add_explain_command(sub)
     return parser
 
 

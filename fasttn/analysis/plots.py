@@ -295,3 +295,123 @@ def save_tsne_grid(path: str | os.PathLike, embeddings: Mapping[str, np.ndarray]
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     return path
+
+
+def _check_overlay_inputs(images, evidence, boxes, region_boxes, titles):
+    images = np.asarray(images)
+    if images.ndim != 3 or images.shape[0] == 0:
+        raise ValueError(f"images: expected a non-empty stack of shape (n, H, W), got "
+                         f"{images.shape}")
+    n = len(images)
+    evidence = np.asarray(evidence, np.float64)
+    if evidence.ndim != 3 or evidence.shape[0] != n or evidence.shape[1] != evidence.shape[2]:
+        raise ValueError(f"evidence: expected shape ({n}, scan, scan), got {evidence.shape}")
+    if not np.all(np.isfinite(evidence)):
+        raise ValueError("evidence: expected finite values")
+    boxes = np.asarray(boxes)
+    if boxes.shape != (n, 4):
+        raise ValueError(f"boxes: expected shape ({n}, 4), got {boxes.shape}")
+    scan = evidence.shape[1]
+    region_boxes = np.asarray(region_boxes)
+    if region_boxes.shape != (scan, scan, 4):
+        raise ValueError(f"region_boxes: expected shape ({scan}, {scan}, 4) (one box per "
+                         f"region of evidence), got {region_boxes.shape}")
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"titles: expected {n} titles (one per image), got {len(titles)}")
+    return images, evidence, boxes, region_boxes
+
+
+def save_evidence_overlays(path: str | os.PathLike, images: np.ndarray, evidence: np.ndarray,
+                           boxes: np.ndarray, region_boxes: np.ndarray,
+                           titles: Sequence[str] | None = None, ncols: int = 4, *,
+                           title: str | None = None, dpi: int = 100) -> Path:
+    """A PNG grid of images overlaid with where a scanning model found its evidence.
+
+    Each panel shows the image in grey and, semi-transparent on it, a heat map of the
+    evidence: the regions form a regular grid (stride ``s``), and each is drawn as the
+    ``s x s`` cell at its centre, so the map reads as "evidence for an object centred here"
+    (a region is larger than the stride; colouring its whole area would smear every peak).
+    The object's box is outlined in green where its height is positive, the
+    highest-evidence region in a dashed yellow square. One colour bar, symmetric about 0
+    (blue: against, red: for), serves all panels.
+
+    Parameters
+    ----------
+    path : the ``.png`` file to write; written to a temporary file and renamed into place.
+    images : (n, H, W) float, shown on [0, 1] when the values lie there.
+    evidence : (n, scan, scan) log-odds per region (:func:`fasttn.analysis.positive_evidence`).
+    boxes : (n, 4) ``(row, col, height, width)`` of the object; rows with height <= 0 (the
+        ``-1`` rows of negatives) draw nothing.
+    region_boxes : (scan, scan, 4) the regions' boxes on the image
+        (:func:`fasttn.analysis.region_boxes`).
+    titles : one text per panel, optional.
+    ncols : panels per row (at most n).
+    title : figure title.
+    dpi : resolution of the PNG.
+
+    Returns
+    -------
+    The path written.
+    """
+    Figure, FigureCanvasAgg, Rectangle = _require_matplotlib()
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"path: expected a .png file name, got {str(path)!r}")
+    images, evidence, boxes, region_boxes = _check_overlay_inputs(
+        images, evidence, boxes, region_boxes, titles)
+    n, height, width = images.shape
+    scan = evidence.shape[1]
+    ncols = max(1, min(n, int(ncols)))
+    nrows = math.ceil(n / ncols)
+    # cell extent: region centres, a stride apart (one region: the region itself)
+    r0, c0, rh, rw = (float(v) for v in region_boxes[0, 0])
+    step_r = region_boxes[1, 0, 0] - r0 if scan > 1 else rh
+    step_c = region_boxes[0, 1, 1] - c0 if scan > 1 else rw
+    top, left = r0 + rh / 2 - step_r / 2 - 0.5, c0 + rw / 2 - step_c / 2 - 0.5
+    extent = (left, left + scan * step_c, top + scan * step_r, top)
+    limit = max(float(np.abs(evidence).max()), 1e-12)
+    vmin, vmax = (0.0, 1.0) if images.min() >= 0 and images.max() <= 1 else (None, None)
+
+    panel_in, head_in, bar_in = 2.6, 0.35, 0.9
+    title_in = 0.4 if title else 0.0
+    foot_in = 0.3
+    fig_w, fig_h = ncols * panel_in + bar_in, nrows * (panel_in + head_in) + title_in + foot_in
+    fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.1 / fig_w, right=1 - bar_in / fig_w, bottom=foot_in / fig_h,
+                        top=1 - (title_in + head_in) / fig_h, wspace=0.05,
+                        hspace=head_in / panel_in)
+    line = max(1.0, panel_in * dpi / 200)
+    heat = None
+    for k in range(n):
+        ax = fig.add_subplot(nrows, ncols, k + 1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.imshow(images[k], cmap="gray", vmin=vmin, vmax=vmax, interpolation="antialiased")
+        heat = ax.imshow(evidence[k], cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.45,
+                         extent=extent, interpolation="nearest")
+        if boxes[k, 2] > 0:
+            r, c, h, w = (int(v) for v in boxes[k])
+            ax.add_patch(Rectangle((c - 0.5, r - 0.5), w, h, fill=False, edgecolor="lime",
+                                   linewidth=line))
+        i, j = np.unravel_index(int(np.argmax(evidence[k])), (scan, scan))
+        r, c, h, w = (int(v) for v in region_boxes[i, j])
+        ax.add_patch(Rectangle((c - 0.5, r - 0.5), w, h, fill=False, edgecolor="yellow",
+                               linestyle="--", linewidth=line))
+        # regions may reach into the padding: keep the view on the image itself
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylim(height - 0.5, -0.5)
+        if titles is not None:
+            ax.set_title(str(titles[k]), fontsize=8, pad=3)
+    bottom, span = foot_in / fig_h, 1 - (title_in + head_in + foot_in) / fig_h
+    cax = fig.add_axes([1 - 0.75 * bar_in / fig_w, bottom + 0.1 * span, 0.12 / fig_w,
+                        0.8 * span])
+    fig.colorbar(heat, cax=cax).set_label("evidence (log-odds)", fontsize=8)
+    cax.tick_params(labelsize=7)
+    fig.text(0.5, 0.35 * foot_in / fig_h, "green: object; dashed yellow: highest-evidence "
+             "region", ha="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.1 / fig_h, va="top")
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return path

@@ -177,3 +177,17 @@ def test_tnn_score_with_a_scalar_label():
     X = np.random.default_rng(1).random((5, 64))
     with pytest.raises(ValueError, match=r"^y: expected 5 labels"):
         m.score(X, 1)
+
+
+def test_a_mera2d_checkpoint_from_before_window_keeps_its_whole_image_read_out(tmp_path, rng):
+    # such a file has no "window" parameter: it loads as the network that wrote it
+    X, y = rng.random((8, 64, 64)), np.array([0, 1] * 4)
+    m = MERA2D(window=None, chi=2, epochs=1, random_state=0).fit(X, y)
+    path = tmp_path / "old.npz"
+    m.save(path)
+    header, arrays = parts(path)
+    del header["params"]["window"]
+    write(path, header, arrays)
+    back = load(path)
+    assert back.window is None and back.scan_ == 1 and back.patch_ == 4
+    np.testing.assert_array_equal(back.decision_function(X), m.decision_function(X))

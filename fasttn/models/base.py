@@ -327,7 +327,9 @@ def load(path: str | os.PathLike, device: Optional[str] = None) -> Estimator:
     cls = _REGISTRY[header["class"]]
     meta = header["meta"]
     try:
-        model = cls(**_with_device(cls, header["params"], device))
+        # parameters a checkpoint predates take the value that reproduces its model
+        params = {**getattr(cls, "_PARAMS_BEFORE_SAVED", {}), **header["params"]}
+        model = cls(**_with_device(cls, params, device))
         model._check_config()
         model._set_contract_state(meta)
         model._check_checkpoint_arrays(arrays, meta)

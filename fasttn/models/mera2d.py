@@ -152,6 +152,8 @@ class MERA2D(ImageClassifier):
     """
 
     _FITTED_ATTR = "params_"
+    #: Checkpoints written before ``window`` existed hold whole-image read-outs.
+    _PARAMS_BEFORE_SAVED = {"window": None}
 
     def __init__(self, n_classes: Optional[int] = None, chi: Union[int, Sequence[int]] = 4,
                  bond: Union[None, int, Sequence[int]] = None, shared: bool = True,

@@ -466,7 +466,8 @@ def _add_train_mera(models: argparse._SubParsersAction) -> None:
     q.add_argument("--patch", type=int, default=None,
                    help="sites are PATCH x PATCH squares of raw pixel values (1: every pixel "
                         "a site, embedded by --feature-map; model default: 1 up to 32x32, "
-                        "else 4)")
+                        "a sixteenth of the window with scanned regions (2), 4 with "
+                        "--window image)")
     q.add_argument("--window", default=None, type=_window_arg,
                    help="side in pixels of the regions read out: the top block scans every "
                         "position and the class scores are pooled over them; 'image': one "
@@ -484,7 +485,7 @@ def _add_train_mera(models: argparse._SubParsersAction) -> None:
     q.add_argument("--augment-shift", type=float, default=None,
                    help="shift each training image by a random sub-pixel offset of up to this "
                         "many pixels per axis, fresh every batch (0: none; model default: 4 "
-                        "with patch sites, else 0)")
+                        "with scanned regions or patch sites, else 0)")
     q.add_argument("--constraint", default=None, choices=["none", "isometric", "norm"],
                    help="isometric: keep every tensor but the class map an isometry (polar "
                         "retraction); norm: keep the norm of every tensor below the last level "

@@ -506,3 +506,16 @@ def test_window_trains_saves_and_checks_its_arguments(rng, tmp_path):
                        (dict(window=16, patch=2, shared=False), "^shared: ")]:
         with pytest.raises(ValueError, match=match):
             MERA2D(chi=2, epochs=1, **bad).fit(X, y)
+
+
+def test_default_detector_at_1024_has_finite_scores_and_gradients(rng):
+    # the default read-out of a 1024x1024 canvas: 125 x 125 scanned regions, float32
+    m = MERA2D(n_classes=2, random_state=0)
+    m._check_config()
+    m._setup((1024, 1024))
+    m._init_params(rng)
+    assert (m.patch_, m.window_, m.scan_) == (2, 32, 125)
+    X = rng.random((2, 1024, 1024)).astype(np.float32)
+    scores, log_scale, loss, grads = m._forward_backward(X, np.array([0, 1]))
+    assert np.isfinite(scores).all() and np.isfinite(log_scale).all() and np.isfinite(loss)
+    assert all(np.isfinite(g).all() and np.abs(g).max() > 0 for g in grads)

@@ -125,6 +125,9 @@ CASES = {
                             *_images(12, 16, 3, 4), _pixels_bytes),
     "mera_isometric": Case(functools.partial(_mera, constraint="isometric"),
                            *_images(12, 8, 3, 5), _pixels_bytes),
+    # a scanning read-out: 16x16 regions every 8 pixels of 32x32 images, scores pooled
+    "mera_window": Case(functools.partial(_mera, window=16, patch=2, level_map="relu"),
+                        *_images(12, 32, 3, 6), _pixels_bytes),
     "ttn_ovr": Case(functools.partial(_ttn, top="ovr"), *_images(12, 4, 3, 1), _pixels_bytes),
     "tnn": Case(_tnn, *_tnn_data(2),
                 lambda m: m.n_features_in_ * np.dtype(m.dtype).itemsize),

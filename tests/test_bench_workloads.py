@@ -176,3 +176,25 @@ except NotImplementedError as exc:
                          timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "skipped: PyTorch is not installed" in out.stdout
+
+
+def test_detector_workloads_run():
+    """The default MERA2D detector's workloads (and the PyTorch CNNs beside it, when
+    installed) give positive finite rates; the peak-memory child runs at a small size."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import benchmarks.detector_workloads as W
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    with_torch = importlib.util.find_spec("torch") is not None
+    row = W.measure(64, 2, with_torch=with_torch, min_runs=1, max_runs=1, budget_s=0.0)
+    assert row["finite"] and row["batch"] == 2
+    names = ["fasttn_train", "fasttn_infer"] + (
+        [f"{m}_{w}" for m in W.TORCH_MODELS for w in ("train", "infer")] if with_torch else [])
+    for key in names + ["train_flops", "forward_flops"]:
+        assert np.isfinite(row[key]) and row[key] > 0, key
+    fig = W.figures(row, sgemm=100.0)
+    assert all(np.isfinite(v) and v > 0 for v in fig.values())
+    assert W.Detector(64, 1).model.scan_ > 1  # the detector, not the whole-image network
+    peak = W.peak_memory(64, 1)
+    assert peak["finite"] and peak["peak_mib"] >= peak["before_step_mib"] > 0

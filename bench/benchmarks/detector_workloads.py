@@ -91,8 +91,9 @@ class Detector:
         return self.model._forward_backward(self.X, None)[0]
 
 
-def _torch():
-    """``(torch, GlobalMaxCNN, CNNTN)`` with torch on every core; ImportError without it."""
+def _torch(threads: Optional[int] = None):
+    """``(torch, GlobalMaxCNN, CNNTN)`` with torch on ``threads`` threads (default every
+    core, the convention of the other baselines); ImportError without torch."""
     import torch
 
     if _BENCH_DIR not in sys.path:  # asv makes only the benchmarks package importable
@@ -100,7 +101,7 @@ def _torch():
     from baselines.torch_cnn import GlobalMaxCNN
     from fasttn.torch import CNNTN
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     return torch, GlobalMaxCNN, CNNTN
 
 
@@ -108,8 +109,9 @@ class TorchDetector:
     """``GlobalMaxCNN(2)`` (``name="cnn"``) or ``CNNTN(2, bond_dim=4)`` (``"cnntn"``) on the
     same canvases, Adam 1e-3 (the settings of ``needle_accuracy.py``)."""
 
-    def __init__(self, name: str, size: int, batch: Optional[int] = None, seed: int = 0):
-        torch, GlobalMaxCNN, CNNTN = _torch()
+    def __init__(self, name: str, size: int, batch: Optional[int] = None, seed: int = 0,
+                 threads: Optional[int] = None):
+        torch, GlobalMaxCNN, CNNTN = _torch(threads)
         self.torch, self.name = torch, name
         self.size, self.batch = size, batch or BATCH.get(size, 1)
         X, y = canvases(size, self.batch)
@@ -134,20 +136,21 @@ class TorchDetector:
 
 
 def measure(size: int, batch: Optional[int] = None, with_torch: bool = True,
-            **interleave) -> Dict:
+            torch_threads: Optional[int] = None, **interleave) -> Dict:
     """Images/s of training and inference, fasttn's detector and (with PyTorch) both
     baselines, timed in turns (``qcnn_workloads.measure_interleaved``; best time of each).
 
     Returns ``{"size", "batch", "fasttn_train", "fasttn_infer", ["cnn_train", "cnn_infer",
     "cnntn_train", "cnntn_infer"], "train_flops", "forward_flops", "finite"}``: rates in
     images/s, FLOPs per image; ``finite``: every training loss seen was finite.
+    ``torch_threads``: PyTorch's intra-op threads (default every core).
     """
     f = Detector(size, batch)
     models = {"fasttn": f}
     if with_torch:
         try:
             for name in TORCH_MODELS:
-                models[name] = TorchDetector(name, size, f.batch)
+                models[name] = TorchDetector(name, size, f.batch, threads=torch_threads)
         except ImportError:
             pass
     fns: Dict[str, Callable[[], object]] = {}

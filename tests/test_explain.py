@@ -50,6 +50,10 @@ def test_region_boxes_by_hand_and_as_the_model_reads_them(side, offset, rng):
     assert not np.allclose(ev_out[0, 0, 0], ev[0, 0, 0], rtol=1e-5, atol=1e-6)
     pos = positive_evidence(model, X)
     np.testing.assert_array_equal(pos, ev[..., 1] - ev[..., 0])
+    # the predictions localisation_rate derives from the map are the model's
+    Xs = rng.uniform(0, 1, (6, side, side)).astype(np.float32)
+    res = localisation_rate(model, Xs, model.predict(Xs), np.zeros((6, 4), int) + 4)
+    np.testing.assert_array_equal(res["predicted"], model.predict(Xs))
 
 
 class _Stub:
@@ -59,15 +63,11 @@ class _Stub:
     scan_, window_, window_stride_ = 2, 16, 8
     network_shape_ = input_shape_ = (24, 24)
 
-    def __init__(self, evidence, predicted, classes=(0, 1)):
-        self.evidence, self.predicted = np.asarray(evidence, float), np.asarray(predicted)
-        self.classes_ = np.asarray(classes)
+    def __init__(self, evidence, classes=(0, 1)):
+        self.evidence, self.classes_ = np.asarray(evidence, float), np.asarray(classes)
 
     def evidence_map(self, X, batch_size=64):
         return self.evidence[:len(X)]
-
-    def predict(self, X):
-        return self.predicted[:len(X)]
 
 
 def _two_class(positive):
@@ -78,17 +78,21 @@ def _two_class(positive):
 
 def test_localisation_rate_on_a_known_case():
     # best regions: image 0 -> (1, 1) rows/cols 8..23; image 1 -> (0, 0) rows/cols 0..15;
-    # image 2 -> (0, 1) rows 0..15, cols 8..23; image 3: a negative; image 4: a missed positive
+    # image 2 -> (0, 1) rows 0..15, cols 8..23; image 3: a negative; image 4: a missed
+    # positive (its pooled evidence log(mean exp) is below 0)
     ev = np.zeros((5, 2, 2))
-    ev[0, 1, 1] = ev[1, 0, 0] = ev[2, 0, 1] = ev[3, 1, 0] = ev[4, 0, 0] = 1.0
+    ev[0, 1, 1] = ev[1, 0, 0] = ev[2, 0, 1] = ev[3, 1, 0] = 1.0
+    ev[4] = -1.0
+    ev[4, 0, 0] = 0.0
     boxes = np.array([[10, 10, 4, 4],     # inside (1, 1): found
                       [17, 17, 6, 6],     # outside (0, 0): missed
                       [0, 0, 5, 5],       # cols 0..4 vs 8..23: missed
                       [-1, -1, -1, -1],   # negative: not read
                       [0, 0, 4, 4]])      # misclassified: not counted
     y = np.array([1, 1, 1, 0, 1])
-    stub = _Stub(_two_class(ev), predicted=[1, 1, 1, 0, 0])
+    stub = _Stub(_two_class(ev))
     res = localisation_rate(stub, np.zeros((5, 24, 24)), y, boxes)
+    assert res["predicted"].tolist() == [1, 1, 1, 1, 0]
     assert res["n_correct_positive"] == 3 and res["n_localised"] == 1
     assert res["rate"] == pytest.approx(1 / 3)
     assert res["best_region"].tolist() == [[1, 1], [0, 0], [0, 1], [1, 0], [0, 0]]
@@ -103,20 +107,20 @@ def test_overlap_is_exact_at_the_region_edge(row, localised):
     # one starting on row 16 is adjacent; the same for columns
     ev = np.zeros((2, 2, 2))
     ev[:, 0, 0] = 1.0
-    stub = _Stub(_two_class(ev), predicted=[1, 1])
+    stub = _Stub(_two_class(ev))
     boxes = np.array([[row, 0, 4, 4], [0, row, 4, 4]])
     res = localisation_rate(stub, np.zeros((2, 24, 24)), np.array([1, 1]), boxes)
     assert res["localised"].tolist() == [localised, localised]
     # and a box ending just before region (1, 1) (rows 8..23) or on its first row
     ev[:, 0, 0], ev[:, 1, 1] = 0.0, 1.0
     boxes = np.array([[4, 8, 4, 4], [5, 8, 4, 4]])   # rows 4..7 (adjacent), 5..8 (touch)
-    res = localisation_rate(_Stub(_two_class(ev), [1, 1]), np.zeros((2, 24, 24)),
+    res = localisation_rate(_Stub(_two_class(ev)), np.zeros((2, 24, 24)),
                             np.array([1, 1]), boxes)
     assert res["localised"].tolist() == [False, True]
 
 
 def test_localisation_rate_argument_errors():
-    stub = _Stub(_two_class(np.zeros((2, 2, 2))), predicted=[1, 1])
+    stub = _Stub(_two_class(np.ones((2, 2, 2))))  # both images detected
     X, y, boxes = np.zeros((2, 24, 24)), np.array([1, 1]), np.zeros((2, 4), int) + 4
     with pytest.raises(ValueError, match=r"^y: expected 2 labels"):
         localisation_rate(stub, X, y[:1], boxes)
@@ -126,14 +130,14 @@ def test_localisation_rate_argument_errors():
         localisation_rate(stub, X, y, boxes.astype(float))
     with pytest.raises(ValueError, match=r"^boxes: positive image 1 has no box"):
         localisation_rate(stub, X, y, np.array([[0, 0, 4, 4], [-1, -1, -1, -1]]))
-    three = _Stub(np.zeros((2, 2, 2, 3)), predicted=[1, 1], classes=(0, 1, 2))
+    three = _Stub(np.zeros((2, 2, 2, 3)), classes=(0, 1, 2))
     with pytest.raises(ValueError, match=r"^model: .*two-class detector, got 3 classes"):
         localisation_rate(three, X, y, boxes)
 
 
 def test_positive_evidence_of_one_class_among_several():
     scores = np.random.default_rng(0).standard_normal((2, 2, 2, 3))
-    stub = _Stub(scores, predicted=[0, 0], classes=(0, 1, 2))
+    stub = _Stub(scores, classes=(0, 1, 2))
     got = positive_evidence(stub, np.zeros((2, 24, 24)), cls=2)
     others = np.log(np.exp(scores[..., 0]) + np.exp(scores[..., 1]))
     np.testing.assert_allclose(got, scores[..., 2] - others, rtol=1e-12)
@@ -146,7 +150,7 @@ def test_evidence_overlays_write_a_png(tmp_path):
     ev = np.random.default_rng(0).standard_normal((3, 2, 2))
     boxes = np.array([[2, 2, 6, 6], [-1, -1, -1, -1], [10, 12, 8, 8]])
     path = save_evidence_overlays(tmp_path / "ev.png", np.zeros((3, 24, 24)), ev, boxes,
-                                  region_boxes(_Stub(ev, [0, 0, 0])), titles=["a", "b", "c"],
+                                  region_boxes(_Stub(ev)), titles=["a", "b", "c"],
                                   ncols=2)
     assert path.read_bytes()[:8] == PNG_MAGIC
     with pytest.raises(ValueError, match=r"^region_boxes: expected shape \(2, 2, 4\)"):
@@ -154,7 +158,7 @@ def test_evidence_overlays_write_a_png(tmp_path):
                                np.zeros((3, 3, 4), int))
     with pytest.raises(ValueError, match=r"^titles: expected 3"):
         save_evidence_overlays(tmp_path / "x.png", np.zeros((3, 24, 24)), ev, boxes,
-                               region_boxes(_Stub(ev, [0, 0, 0])), titles=["a"])
+                               region_boxes(_Stub(ev)), titles=["a"])
     assert not (tmp_path / "x.png").exists()
 
 

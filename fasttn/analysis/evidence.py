@@ -3,17 +3,20 @@
 input image, and how often the strongest region of a correctly detected positive lies on the
 object (the needle of NeedleMNIST).
 
-The functions are duck-typed: any fitted object with ``evidence_map(X, batch_size)``,
-``predict(X)``, ``classes_``, ``scan_``, ``window_``, ``window_stride_`` and
-``network_shape_`` (``input_shape_`` where inputs are padded) works.
+The functions are duck-typed: any fitted object with ``evidence_map(X, batch_size)`` (whose
+class scores are the log-mean-exp of the map's, as the model's), ``classes_``, ``scan_``,
+``window_``, ``window_stride_`` and ``network_shape_`` (``input_shape_`` where inputs are
+padded) works.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
+from scipy.special import logsumexp
 
 from .._validate import check_positive_int
+from ..ops.region_pool import lse_pool_forward
 
 
 def _input_shape(model: Any) -> tuple:
@@ -80,7 +83,24 @@ def positive_evidence(model: Any, X: Any, batch_size: int = 64,
     -------
     (n, scan_, scan_) float64
     """
+    return _log_odds(_evidence_map(model, X, batch_size), cls)
+
+
+def _evidence_map(model: Any, X: Any, batch_size: int) -> np.ndarray:
+    """``model.evidence_map(X)`` as float64, its shape checked."""
     n_classes = len(model.classes_)
+    ev = np.asarray(model.evidence_map(X, batch_size=check_positive_int("batch_size",
+                                                                        batch_size)),
+                    np.float64)
+    if ev.ndim != 4 or ev.shape[-1] != n_classes:
+        raise ValueError(f"model: evidence_map returned shape {ev.shape}, expected "
+                         f"(n, scan, scan, {n_classes})")
+    return ev
+
+
+def _log_odds(ev: np.ndarray, cls: Optional[int]) -> np.ndarray:
+    """Class ``cls``'s score minus the log-sum-exp of the others', per region."""
+    n_classes = ev.shape[-1]
     if cls is None:
         if n_classes != 2:
             raise ValueError(f"model: the positive evidence needs a two-class detector, got "
@@ -89,18 +109,10 @@ def positive_evidence(model: Any, X: Any, batch_size: int = 64,
     if isinstance(cls, bool) or not isinstance(cls, (int, np.integer)) \
             or not 0 <= cls < n_classes:
         raise ValueError(f"cls: expected a class index in [0, {n_classes}), got {cls!r}")
-    ev = np.asarray(model.evidence_map(X, batch_size=check_positive_int("batch_size",
-                                                                        batch_size)),
-                    np.float64)
-    if ev.ndim != 4 or ev.shape[-1] != n_classes:
-        raise ValueError(f"model: evidence_map returned shape {ev.shape}, expected "
-                         f"(n, scan, scan, {n_classes})")
     others = np.delete(ev, cls, axis=-1)
     if others.shape[-1] == 1:  # exact difference for two classes, no log/exp round trip
         return ev[..., cls] - others[..., 0]
-    peak = others.max(axis=-1, keepdims=True)
-    lse = peak[..., 0] + np.log(np.exp(others - peak).sum(axis=-1))
-    return ev[..., cls] - lse
+    return ev[..., cls] - logsumexp(others, axis=-1)
 
 
 def _overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -117,8 +129,8 @@ def localisation_rate(model: Any, X: Any, y: Any, boxes: Any,
 
     Parameters
     ----------
-    model : fitted two-class model with ``evidence_map``, ``predict`` and ``classes_``;
-        ``classes_[1]`` is the positive class (NeedleMNIST: 1, needle present)
+    model : fitted two-class model with ``evidence_map`` and ``classes_``; ``classes_[1]`` is
+        the positive class (NeedleMNIST: 1, needle present)
     X : (n, height, width) or (n, height * width)
         Images of the model's input shape.
     y : (n,)
@@ -141,8 +153,9 @@ def localisation_rate(model: Any, X: Any, y: Any, boxes: Any,
         small canvases: about 0.9 for 32-pixel regions every 8 pixels on 64x64 canvases);
         ``best_region`` (n, 2) int64: ``(i, j)`` of every image's highest-evidence region
         (first in row-major order on ties); ``localised`` (n,) bool: which images count in
-        ``n_localised``; ``predicted`` (n,): the model's predictions; ``evidence``
-        (n, scan_, scan_): :func:`positive_evidence`.
+        ``n_localised``; ``predicted`` (n,): the model's predictions, from the same forward
+        pass (the class of the highest pooled score); ``evidence`` (n, scan_, scan_):
+        :func:`positive_evidence`.
     """
     n = len(X)
     y = np.asarray(y)
@@ -152,10 +165,13 @@ def localisation_rate(model: Any, X: Any, y: Any, boxes: Any,
     if boxes.shape != (n, 4) or boxes.dtype.kind not in "iu":
         raise ValueError(f"boxes: expected integer boxes of shape ({n}, 4) (one per image of "
                          f"X), got shape {boxes.shape}, dtype {boxes.dtype}")
-    evidence = positive_evidence(model, X, batch_size)
-    if evidence.shape[0] != n:
-        raise ValueError(f"model: evidence_map returned {evidence.shape[0]} images for {n}")
-    predicted = np.asarray(model.predict(X))
+    ev = _evidence_map(model, X, batch_size)
+    if ev.shape[0] != n:
+        raise ValueError(f"model: evidence_map returned {ev.shape[0]} images for {n}")
+    evidence = _log_odds(ev, None)
+    # the model's scores pool its evidence map: predictions need no second forward pass
+    scores = lse_pool_forward(ev.reshape(n, -1, ev.shape[-1]))[0]
+    predicted = np.asarray(model.classes_)[scores.argmax(axis=1)]
     positive = y == model.classes_[1]
     correct = positive & (predicted == y)
     if np.any(boxes[correct, 2:] <= 0):

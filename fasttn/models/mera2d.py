@@ -38,6 +38,19 @@ from .classifier import ImageClassifier, next_power_of_two
 from .layer_outputs import gather_layer_outputs
 
 LEVEL_MAPS = ("none", "relu")
+
+
+def _block_levels(sites: int) -> Optional[Tuple[int, int]]:
+    """``(4x4 levels, side left)`` that bring a square grid of ``sites`` per side down to
+    one site (side left 1) or to the 2x2 end block (side left 2); None where ``sites`` is not
+    a power of 2 of at least 2."""
+    if sites < 2:
+        return None
+    levels = 0
+    while sites % 4 == 0:
+        sites //= 4
+        levels += 1
+    return (levels, sites) if sites in (1, 2) else None
 _PARAMS = ("u1", "w", "u2", "top")
 _END_PARAMS = ("u", "top")  # the 2x2 end block of grids whose side is not a power of 4
 
@@ -274,24 +287,23 @@ class MERA2D(ImageClassifier):
         if h != w or h % k or w % k:
             raise ValueError(f"X: expected square images whose side is a multiple of patch={k}"
                              f" (a power-of-2 grid of patches), got {h}x{w}")
-        levels = 0
-        side = h // k
-        while side > 1 and side % 4 == 0:
-            side //= 4
-            levels += 1
-        if side not in (1, 2) or h // k < 2:
+        if _block_levels(h // k) is None:
             what = "side" if k == 1 else f"side in patches of {k}x{k}"
             raise ValueError(f"X: expected square images whose {what} is a power of 2 (2, 4, "
                              f"8, ..., 1024), got {h}x{w}; pad or resize them")
         self.image_shape_ = (h, w)
-        self.window_ = self._window_for(h)
-        if self.window_ < h:  # the levels of one window's network; its top block scans
-            levels, side = self._window_levels(k)
+        # the levels are those of the network on one window (the whole image without a
+        # scanning read-out)
+        self.window_ = min(self._window_for(h), h)  # a grid of 3x3 patches: 24, not 32
+        shape = _block_levels(self.window_ // k) if self.window_ % k == 0 else None
+        if shape is None:
+            raise ValueError(f"window: expected a power of 2 of at least 2 patches of "
+                             f"{k}x{k} pixels, got {self.window_} pixels")
+        levels, side = shape
         self.has_end_ = side == 2
         self.n_levels_ = levels + int(self.has_end_)
-        top_side = 2 if self.has_end_ else 4
         # positions per axis of the top block: 1, or every site of the grid below it
-        self.scan_ = h // self.window_ * top_side - top_side + 1
+        self.scan_ = h // self.window_stride_ - self._top_side + 1
         if self.scan_ > 1 and not self.shared:
             raise ValueError(f"shared: position-specific blocks (shared=False) need one read-"
                              f"out of the whole image (window=None), got window="
@@ -314,22 +326,13 @@ class MERA2D(ImageClassifier):
         # positions of a scanning top block
         self.n_blocks_ = [(h // k // 4 ** (l + 1)) ** 2 for l in range(levels)] + \
             [1] * self.has_end_
-        self.n_blocks_[-1] = self.scan_ ** 2 if self.scan_ > 1 else self.n_blocks_[-1]
+        if self.scan_ > 1:
+            self.n_blocks_[-1] = self.scan_ ** 2
 
-    def _window_levels(self, k: int) -> Tuple[int, int]:
-        """``(4x4 levels, side left: 1 or 2)`` of the network on one ``window_`` of
-        ``k x k`` sites."""
-        if self.window_ % k or self.window_ // k < 2:
-            raise ValueError(f"window: expected a multiple of patch={k} of at least 2 "
-                             f"patches, got {self.window_} pixels")
-        side, levels = self.window_ // k, 0
-        while side > 1 and side % 4 == 0:
-            side //= 4
-            levels += 1
-        if side not in (1, 2):
-            raise ValueError(f"window: expected a power of 2 in {k}x{k} sites, got "
-                             f"{self.window_} pixels")
-        return levels, side
+    @property
+    def _top_side(self) -> int:
+        """Sites per axis of the top block: 2 for the end block, else 4."""
+        return 2 if self.has_end_ else 4
 
     #: Most entries a default disentangler ``u1`` (``p^4 b^4``) may hold.
     MAX_DEFAULT_U1 = 1 << 21
@@ -680,20 +683,20 @@ class MERA2D(ImageClassifier):
         """Class scores ``(n, n_classes_)``: the network's output divided by the positive
         per-image factor ``exp(log_scale)`` (see :meth:`log_scale`; with
         ``level_map="none"`` the exact network's)."""
-        return self._batched(images, batch_size or 64, 0)
+        return self._batched(images, batch_size or 64,
+                             lambda batch: self._network_forward(batch)[0])
 
-    def _batched(self, X: np.ndarray, batch_size: int, which: int) -> np.ndarray:
-        """Output ``which`` of the forward pass (0: scores, 1: log-scales) over ``X`` in
-        batches, on the host."""
-        return np.concatenate([
-            to_numpy(self._forward_backward(self._to_device(X[i:i + batch_size]), None)[which])
-            for i in range(0, X.shape[0], batch_size)])
+    def _batched(self, X: np.ndarray, batch_size: int,
+                 forward: Callable[[Any], Any]) -> np.ndarray:
+        """``forward(images on the device)`` over ``X`` in batches, gathered on the host."""
+        return np.concatenate([to_numpy(forward(self._to_device(X[i:i + batch_size])))
+                               for i in range(0, X.shape[0], batch_size)])
 
     def log_scale(self, X: Any, batch_size: int = 64) -> np.ndarray:
         """Per-image log of the factor between the exact network output and the scores."""
         self._check_fitted()
         X = self._check_X(X, fitted=True)
-        return self._batched(X, batch_size, 1)
+        return self._batched(X, batch_size, lambda batch: self._network_forward(batch)[1])
 
     def evidence_map(self, X: Any, batch_size: int = 64) -> np.ndarray:
         """Class scores of every region the network reads out: where it looked.
@@ -717,20 +720,19 @@ class MERA2D(ImageClassifier):
         """
         self._check_fitted()
         X = self._check_X(X, fitted=True)
-        batch_size = check_positive_int("batch_size", batch_size)
-        parts = []
-        for i in range(0, X.shape[0], batch_size):
+
+        def evidence_of(images: Any) -> Any:
             evidence: List[Any] = []
-            self._network_forward(self._to_device(X[i:i + batch_size]), evidence=evidence)
-            parts.append(to_numpy(evidence[0]))
-        return np.concatenate(parts)
+            self._network_forward(images, evidence=evidence)
+            return evidence[0]
+
+        return self._batched(X, check_positive_int("batch_size", batch_size), evidence_of)
 
     @property
     def window_stride_(self) -> int:
         """Pixels between neighbouring regions of :meth:`evidence_map` (on the network's
         image): the side of the sites the top block reads."""
-        top_side = 2 if self.has_end_ else 4
-        return self.window_ // top_side
+        return self.window_ // self._top_side
 
     def layer_outputs(self, X: Any, batch_size: int = 64) -> Dict[str, np.ndarray]:
         """Per-image representation at every layer of the network.

@@ -8,7 +8,6 @@ weights of the best validation epoch (the test set is never looked at here).
 from __future__ import annotations
 
 import copy
-import math
 import time
 from typing import Optional, Tuple
 
@@ -55,16 +54,15 @@ def n_params(model: nn.Module) -> int:
 
 def validation_split(X: np.ndarray, y: np.ndarray, fraction: float = 0.1, seed: int = 0
                      ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(X_fit, y_fit, X_val, y_val)``: ``ceil(fraction * n)`` images held out, stratified.
-
-    The draw follows the rule of the fasttn estimators' early-stopping split
-    (``ImageClassifier._hold_out`` with ``random_state=seed``), so the baselines select
-    their epoch on the same canvases as ``fasttn.MERA2D(random_state=seed)``.
+    """``(X_fit, y_fit, X_val, y_val)``: the early-stopping split ``fasttn.MERA2D`` holds
+    out of these canvases with ``random_state=seed`` (``ceil(fraction * n)`` images,
+    stratified), drawn by the estimators' own rule, so the baselines select their epoch on
+    the same canvases as the bare estimator.
 
     Parameters
     ----------
     X, y : arrays
-        The training canvases and their labels.
+        The training canvases and their labels (0 .. k-1).
     fraction : float
     seed : int
 
@@ -72,15 +70,15 @@ def validation_split(X: np.ndarray, y: np.ndarray, fraction: float = 0.1, seed: 
     -------
     X_fit, y_fit, X_val, y_val : arrays, each part in its original order
     """
-    from sklearn.model_selection import train_test_split
+    import fasttn
 
-    n_val = int(math.ceil(fraction * len(y)))
-    split_seed = np.random.RandomState(seed).randint(2 ** 31)
-    fit_idx, val_idx = train_test_split(np.arange(len(y)), test_size=n_val, stratify=y,
-                                        random_state=split_seed)
-    fit_idx.sort()
-    val_idx.sort()
-    return X[fit_idx], y[fit_idx], X[val_idx], y[val_idx]
+    rule = fasttn.MERA2D(random_state=seed, validation_fraction=fraction)
+    rule.n_classes_ = int(np.max(y)) + 1  # what fit sets before it holds out
+    X_fit, y_fit, X_val, y_val = rule._hold_out(X, y)
+    if X_val is None:
+        raise ValueError(f"y: too few images per class to hold out {fraction:.0%} "
+                         f"({np.bincount(y).tolist()} per class)")
+    return X_fit, y_fit, X_val, y_val
 
 
 @torch.no_grad()

@@ -107,7 +107,7 @@ def _torch(threads: Optional[int] = None):
 
 class TorchDetector:
     """``GlobalMaxCNN(2)`` (``name="cnn"``) or ``CNNTN(2, bond_dim=4)`` (``"cnntn"``) on the
-    same canvases, Adam 1e-3 (the settings of ``needle_accuracy.py``)."""
+    same canvases, with Adam (its step size does not change the time of a step)."""
 
     def __init__(self, name: str, size: int, batch: Optional[int] = None, seed: int = 0,
                  threads: Optional[int] = None):

@@ -4,6 +4,7 @@ import pytest
 import fasttn
 from conftest import assert_close, finite_difference
 from fasttn import MERA2D
+from fasttn.ops.region_pool import translate
 from fasttn.ops.site_norm import site_norm_backward, site_norm_forward
 
 
@@ -540,6 +541,36 @@ def test_window_trains_saves_and_checks_its_arguments(rng, tmp_path):
                        (dict(window=16, patch=2, shared=False), "^shared: ")]:
         with pytest.raises(ValueError, match=match):
             MERA2D(chi=2, epochs=1, **bad).fit(X, y)
+
+
+def test_predictions_average_four_shifted_copies(rng):
+    # the spec of predict_shift=s: the mean log-probabilities of the network on the image
+    # moved by (+-s, +-s) pixels; "auto" is a quarter of the region stride while scanning
+    X = rng.random((10, 32, 32))
+    y = np.array(["a", "b"] * 5)
+    m = MERA2D(window=16, patch=2, chi=2, epochs=1, random_state=0).fit(X, y)
+    assert m.window_stride_ == 8 and m._predict_shift() == 2
+    net = [m._network_forward(translate(X, dy, dx))[0] for dy in (-2, 2) for dx in (-2, 2)]
+    log_p = [z - np.log(np.exp(z).sum(axis=1, keepdims=True)) for z in net]
+    expected = np.mean(log_p, axis=0)
+    np.testing.assert_allclose(m.predict_proba(X), np.exp(expected) /
+                               np.exp(expected).sum(axis=1, keepdims=True), rtol=1e-6)
+    assert m.predict(X).tolist() == m.classes_[expected.argmax(axis=1)].tolist()
+    # 0: the network on the image as it is
+    m.set_params(predict_shift=0)
+    np.testing.assert_allclose(m.decision_function(X),
+                               net_margin(m._network_forward(X)[0]), rtol=1e-6)
+    # whole-image read-outs (the digits, Fashion-MNIST) do not average by default
+    g = MERA2D(chi=2, epochs=1, random_state=0).fit(rng.random((4, 8, 8)), [0, 1, 0, 1])
+    assert g._predict_shift() == 0
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="^predict_shift: "):
+            MERA2D(predict_shift=bad, epochs=1).fit(rng.random((4, 8, 8)), [0, 1, 0, 1])
+
+
+def net_margin(z):
+    """scikit-learn's two-class decision: the second class's score minus the first's."""
+    return z[:, 1] - z[:, 0]
 
 
 def test_default_detector_at_1024_has_finite_scores_and_gradients(rng):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from conftest import DTYPES, assert_close, check_gradient
-from fasttn.ops.region_pool import (lse_pool_backward, lse_pool_forward, scan_windows,
-                                    scan_windows_backward)
+from fasttn.ops.region_pool import (lse_pool_backward, lse_pool_forward, mean_log_softmax,
+                                    scan_windows, scan_windows_backward, translate)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -54,3 +54,27 @@ def test_lse_pool_is_stable_far_from_zero():
     assert np.isfinite(scores).all()
     np.testing.assert_allclose(scores[0], [-1000.0, 1000.0 - np.log(4)])
     np.testing.assert_allclose(saved[0, :, 1], [0, 0, 1, 0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dy,dx", [(0, 0), (2, -3), (-1, 4), (5, 5), (-6, 0), (9, 1)])
+def test_translate_moves_pixels_and_fills_with_zero(rng, dtype, dy, dx):
+    X = rng.uniform(0.1, 1, (2, 6, 7)).astype(dtype)
+    out = translate(X, dy, dx)
+    assert out.shape == X.shape and out.dtype == dtype
+    for r in range(6):
+        for c in range(7):
+            inside = 0 <= r - dy < 6 and 0 <= c - dx < 7
+            expected = X[:, r - dy, c - dx] if inside else np.zeros(2, dtype)
+            np.testing.assert_array_equal(out[:, r, c], expected)
+    assert np.shares_memory(out, X) is False
+
+
+def test_mean_log_softmax_is_the_mean_of_the_copies_log_probabilities(rng):
+    copies = [rng.standard_normal((4, 3)) * 10 for _ in range(3)]
+    out = mean_log_softmax(copies)
+    expected = np.mean([z - np.log(np.exp(z).sum(axis=1, keepdims=True)) for z in copies],
+                       axis=0)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    # scores far beyond exp's range stay finite
+    assert np.isfinite(mean_log_softmax([np.array([[1e4, -1e4]], np.float32)])).all()

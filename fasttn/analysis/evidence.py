@@ -3,8 +3,8 @@
 input image, and how often the strongest region of a correctly detected positive lies on the
 object (the needle of NeedleMNIST).
 
-The functions are duck-typed: any fitted object with ``evidence_map(X, batch_size)`` (whose
-class scores are the log-mean-exp of the map's, as the model's), ``classes_``, ``scan_``,
+The functions are duck-typed: any fitted object with ``evidence_map(X, batch_size)``,
+``predict(X, batch_size=...)`` (for :func:`localisation_rate`), ``classes_``, ``scan_``,
 ``window_``, ``window_stride_`` and ``network_shape_`` (``input_shape_`` where inputs are
 padded) works.
 """
@@ -16,7 +16,6 @@ import numpy as np
 from scipy.special import logsumexp
 
 from .._validate import check_positive_int
-from ..ops.region_pool import lse_pool_forward
 
 
 def _input_shape(model: Any) -> tuple:
@@ -129,8 +128,8 @@ def localisation_rate(model: Any, X: Any, y: Any, boxes: Any,
 
     Parameters
     ----------
-    model : fitted two-class model with ``evidence_map`` and ``classes_``; ``classes_[1]`` is
-        the positive class (NeedleMNIST: 1, needle present)
+    model : fitted two-class model with ``evidence_map``, ``predict`` and ``classes_``;
+        ``classes_[1]`` is the positive class (NeedleMNIST: 1, needle present)
     X : (n, height, width) or (n, height * width)
         Images of the model's input shape.
     y : (n,)
@@ -153,9 +152,8 @@ def localisation_rate(model: Any, X: Any, y: Any, boxes: Any,
         small canvases: about 0.9 for 32-pixel regions every 8 pixels on 64x64 canvases);
         ``best_region`` (n, 2) int64: ``(i, j)`` of every image's highest-evidence region
         (first in row-major order on ties); ``localised`` (n,) bool: which images count in
-        ``n_localised``; ``predicted`` (n,): the model's predictions, from the same forward
-        pass (the class of the highest pooled score); ``evidence`` (n, scan_, scan_):
-        :func:`positive_evidence`.
+        ``n_localised``; ``predicted`` (n,): the model's predictions (``model.predict``);
+        ``evidence`` (n, scan_, scan_): :func:`positive_evidence`.
     """
     n = len(X)
     y = np.asarray(y)
@@ -169,9 +167,8 @@ def localisation_rate(model: Any, X: Any, y: Any, boxes: Any,
     if ev.shape[0] != n:
         raise ValueError(f"model: evidence_map returned {ev.shape[0]} images for {n}")
     evidence = _log_odds(ev, None)
-    # the model's scores pool its evidence map: predictions need no second forward pass
-    scores = lse_pool_forward(ev.reshape(n, -1, ev.shape[-1]))[0]
-    predicted = np.asarray(model.classes_)[scores.argmax(axis=1)]
+    # the model's own predictions (they may read shifted copies too: `predict_shift`)
+    predicted = np.asarray(model.predict(X, batch_size=batch_size))
     positive = y == model.classes_[1]
     correct = positive & (predicted == y)
     if np.any(boxes[correct, 2:] <= 0):

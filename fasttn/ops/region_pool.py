@@ -7,12 +7,13 @@ contracted at every position; ``scan_windows_backward`` adds the windows' gradie
 onto the grid. ``lse_pool`` pools per-position class scores ``z (n, R, C)`` into per-image
 scores ``log(mean_r exp z[:, r, c])``: a smooth maximum over positions (an object anywhere
 raises its class's score), divided by the number of positions so that a score keeps its
-meaning on any canvas size. Plain NumPy (or CuPy) array expressions: these are the
+meaning on any canvas size. ``translate`` shows an image to the fixed grid of positions at
+another offset, and ``mean_log_softmax`` averages the predictions of such copies. Plain NumPy (or CuPy) array expressions: these are the
 reference and the fast path at once.
 """
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Sequence, Tuple
 
 import numpy as np
 
@@ -63,3 +64,25 @@ def lse_pool_backward(saved: Any, g_scores: Any) -> Any:
     """``dL/dz (n, R, C)`` from ``dL/dscores (n, C)``: each position's share of the pool
     (its softmax weight over positions) times the score's gradient."""
     return saved * g_scores[:, None, :]
+
+
+def translate(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``images (n, H, W)`` moved down by ``dy`` and right by ``dx`` whole pixels (negative:
+    up, left); what enters from outside is zero (background). Read through a fixed grid of
+    regions, a shifted copy is the image seen by the grid at another offset."""
+    n, h, w = images.shape
+    out = np.zeros_like(images)
+    if abs(dy) < h and abs(dx) < w:
+        out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            images[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def mean_log_softmax(scores: Sequence[np.ndarray]) -> np.ndarray:
+    """The mean over copies of the log-softmax of their class scores ``(n, C)`` each:
+    one image's scores from several views of it (a normalised geometric mean of the copies'
+    probabilities; float64)."""
+    from scipy.special import log_softmax  # scipy: only where views are averaged
+
+    return np.mean([log_softmax(np.asarray(z, dtype=np.float64), axis=1) for z in scores],
+                   axis=0)

@@ -568,6 +568,31 @@ def test_predictions_average_four_shifted_copies(rng):
             MERA2D(predict_shift=bad, epochs=1).fit(rng.random((4, 8, 8)), [0, 1, 0, 1])
 
 
+def test_warm_start_carries_a_detector_to_larger_canvases(rng):
+    # a scanning detector's tensors do not depend on the canvas: warm_start continues them
+    # on another size (a curriculum from small canvases to large)
+    y = np.arange(8) % 2
+    m = MERA2D(window=16, patch=2, chi=2, epochs=1, random_state=0).fit(
+        rng.random((8, 32, 32)), y)
+    before = [p.copy() for p in m._param_list()]
+    m.set_params(lr=1e-12)
+    m.fit(rng.random((8, 64, 64)), y, warm_start=True)
+    assert m.input_shape_ == (64, 64) and m.scan_ == 7 and len(m.history_) == 2
+    for p, q in zip(m._param_list(), before):
+        np.testing.assert_allclose(p, q, atol=1e-8)  # continued, not re-initialised
+    assert m.predict(rng.random((3, 64, 64))).shape == (3,)
+    with pytest.raises(ValueError, match=r"^X: expected images of shape \(64, 64\)"):
+        m.predict(rng.random((3, 32, 32)))
+    # a whole-image network has other tensors at another size: refused, model unchanged
+    g = MERA2D(chi=2, epochs=1, random_state=0).fit(rng.random((8, 16, 16)), y)
+    kept = [p.copy() for p in g._param_list()]
+    with pytest.raises(ValueError, match="^X: warm_start continues a model fitted on 16x16"):
+        g.fit(rng.random((8, 32, 32)), y, warm_start=True)
+    assert g.input_shape_ == (16, 16) and g.n_features_in_ == 256
+    for p, q in zip(g._param_list(), kept):
+        np.testing.assert_array_equal(p, q)
+
+
 def net_margin(z):
     """scikit-learn's two-class decision: the second class's score minus the first's."""
     return z[:, 1] - z[:, 0]

@@ -187,6 +187,30 @@ class ImageClassifier(ClassifierMixin, Estimator):
             X = padded
         return X
 
+    def _adopt_image_size(self, X: Any) -> None:
+        """``fit(warm_start=True)`` on images of another size: set the network up for them
+        and keep the learned tensors, where the new network's tensors have exactly the same
+        names and shapes (e.g. a scanning :class:`MERA2D`, whose shared levels read a fixed
+        window at any canvas size); anything else is refused naming both sizes. The pixel
+        scaling fixed in the first fit stays."""
+        X = check_real_array("X", X)
+        if X.ndim not in (2, 3) or X.shape[0] == 0:
+            return  # _check_X says what is wrong
+        old_shape = tuple(self._input_layout()[0])
+        shape = self._input_shape(X)
+        if shape == old_shape:
+            return
+        spec = self._state_spec()
+        self.input_shape_ = shape
+        self.network_shape_ = self._network_shape(*shape)
+        self._setup(self.network_shape_)
+        self.n_features_in_ = int(np.prod(shape))
+        if spec is None or self._state_spec() != spec:
+            raise ValueError(
+                f"X: warm_start continues a model fitted on {old_shape[0]}x{old_shape[1]} "
+                f"images; on {shape[0]}x{shape[1]} images its network has other tensors, so "
+                f"fit from scratch (warm_start=False) or use images of the fitted size")
+
     def _fit_scaling(self, X: np.ndarray, uint8: bool = False) -> Tuple[float, float]:
         """The affine map of pixel values into [0, 1], fixed in ``fit``: none for images in
         [0, 1]; with ``input_scaling="auto"``, ``1/255`` for uint8 images and the range of
@@ -297,6 +321,8 @@ class ImageClassifier(ClassifierMixin, Estimator):
         if restore_best and validation_data is None and not self.early_stopping:
             raise ValueError("restore_best: needs validation_data (a split held out from "
                              "training, not the test set) or early_stopping=True")
+        if fitted:
+            self._adopt_image_size(X)
         X = self._check_X(X, fitted=fitted)
         y = (self._class_indices(y, X.shape[0]) if fitted
              else self._fit_classes(y, X.shape[0]))

@@ -658,7 +658,11 @@ class MERA2D(ImageClassifier):
             ``f(model, epoch, record) -> dict or None`` after each epoch; returned items join
             the epoch's history record (e.g. a test-set score).
         warm_start : bool
-            Continue from the current parameters instead of re-initialising.
+            Continue from the current parameters instead of re-initialising. With a
+            scanning read-out the images may have another size than in the first fit
+            (same window and patch: the tensors do not depend on the canvas), e.g. a
+            curriculum from small canvases to large; the pixel scaling stays the first
+            fit's.
         augment : callable, optional
             ``augment(images, rng) -> images`` applied to every training batch (same shape,
             values in [0, 1]), e.g. ``functools.partial(fasttn.data.random_shift,

@@ -12,9 +12,9 @@ from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.utils.estimator_checks import check_estimator, check_methods_subset_invariance
 
 import fasttn
-from fasttn import MERA2D, QCNN, TNN, TTN2D, Dense, TNLayer
+from fasttn import MERA2D, MPS, QCNN, TNN, TTN2D, Dense, TNLayer
 
-IMAGE_MODELS = [QCNN, MERA2D, TTN2D]
+IMAGE_MODELS = [QCNN, MERA2D, TTN2D, MPS]
 
 
 def _expected(est):
@@ -79,7 +79,7 @@ def test_grid_search_over_a_pipeline_gives_finite_distinct_scores():
 
 @pytest.mark.parametrize("make", [
     lambda: QCNN(d=4, epochs=2), lambda: MERA2D(chi=2, epochs=2), lambda: TTN2D(epochs=2),
-    lambda: TNN(epochs=5)], ids=["QCNN", "MERA2D", "TTN2D", "TNN"])
+    lambda: TNN(epochs=5), lambda: MPS(epochs=2)], ids=["QCNN", "MERA2D", "TTN2D", "TNN", "MPS"])
 def test_string_labels_round_trip_and_probabilities(make, tmp_path):
     X, y = _digits(150, flat=True)
     names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
@@ -120,8 +120,9 @@ def test_non_contiguous_integer_labels_and_binary_decision_function():
     QCNN(d=4), MERA2D(chi=[4, 2], bond=3), TTN2D(chi=[8, 4]),
     TNN([Dense(64, trainable=False), TNLayer(64, n_sites=6, bond_dim=2), Dense(3, "softmax")],
         solver="sweep"),
-    TNN([{"type": "Dense", "units": 4}, {"type": "Dense", "units": 1}])],
-    ids=["QCNN", "MERA2D", "TTN2D", "TNN-layers", "TNN-dicts"])
+    TNN([{"type": "Dense", "units": 4}, {"type": "Dense", "units": 1}]),
+    MPS(bond_dim=4, order="hilbert", center=3)],
+    ids=["QCNN", "MERA2D", "TTN2D", "TNN-layers", "TNN-dicts", "MPS"])
 def test_clone_keeps_every_parameter(est):
     c = clone(est)
     assert type(c) is type(est)

@@ -173,6 +173,49 @@ def save_sweep_curves(histories: Mapping[str, Sequence[Mapping]], path: str | os
     return Path(path)
 
 
+def save_bond_history(bond_history, path: str | os.PathLike, *, max_bond: int | None = None,
+                      title: str | None = None, dpi: int = 100) -> Path:
+    """The bond dimensions DMRG sweeps chose, per bond per sweep (``fasttn.MPS``'s
+    ``bond_history_``): a heat map (sweep against bond) beside the profile along the chain
+    after the first, middle and last sweep.
+
+    Parameters
+    ----------
+    bond_history : (n_sweeps, n_bonds) integers, at least one sweep
+    path : the ``.png`` file to write (atomically)
+    max_bond : int, optional
+        The ceiling (``bond_dim``), drawn as a dashed line on the profile.
+    """
+    h = np.asarray(bond_history)
+    if h.ndim != 2 or h.shape[0] == 0 or h.shape[1] == 0:
+        raise ValueError(f"bond_history: expected (n_sweeps, n_bonds) with at least one "
+                         f"sweep and one bond, got shape {h.shape}")
+    Figure, FigureCanvasAgg, _ = _require_matplotlib()
+    fig = Figure(figsize=(10, 3.8))
+    FigureCanvasAgg(fig)
+    ax_map, ax_prof = fig.subplots(1, 2)
+    n_sweeps, n_bonds = h.shape
+    im = ax_map.imshow(h, aspect="auto", interpolation="nearest", cmap="viridis",
+                       origin="lower", extent=(-0.5, n_bonds - 0.5, 0.5, n_sweeps + 0.5))
+    fig.colorbar(im, ax=ax_map, label="bond dimension")
+    ax_map.set_xlabel("bond (between sites k and k+1)")
+    ax_map.set_ylabel("sweep")
+    for i in sorted({0, n_sweeps // 2, n_sweeps - 1}):
+        ax_prof.step(np.arange(n_bonds), h[i], where="mid", label=f"sweep {i + 1}")
+    if max_bond is not None:
+        ax_prof.axhline(max_bond, color="grey", linestyle="--", linewidth=1,
+                        label="max_bond")
+    ax_prof.set_xlabel("bond (between sites k and k+1)")
+    ax_prof.set_ylabel("bond dimension")
+    ax_prof.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return Path(path)
+
+
 def _class_colors(n_classes: int):
     """Qualitative colours: tab10, tab20, then evenly spaced hues."""
     from matplotlib import colormaps

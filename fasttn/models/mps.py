@@ -8,7 +8,9 @@ tensor in the middle (``fasttn.ops.mps_contract``). The environments are normali
 every site and their log-norms tracked, so the scores are finite for any number of pixels;
 the class scores are the normalised ones (the network's output divided by
 ``exp(log_scale)`` per image, a positive factor shared by the classes), trained with softmax
-cross-entropy by Adam.
+cross-entropy by Adam (``solver="adam"``) or by two-site DMRG sweeps (``solver="dmrg"``,
+``fasttn.train.mps_sweep``), whose truncated splits choose every bond's dimension up to
+``bond_dim`` from ``cutoff``.
 
 The cores start as identities on the bond for every feature channel plus small Gaussian
 noise: each pixel's transfer matrix is then close to a multiple of the identity, so a
@@ -29,10 +31,12 @@ from ..ops.mps_contract import canonical
 from ..train import AdamW, StepLR
 from ..train.loop import fit_loop
 from ..train.losses import cross_entropy_loss, n_correct
+from ..train.mps_sweep import MPSSweep
 from .base import register
 from .classifier import ImageClassifier, next_power_of_two
 
 FEATURE_MAPS = ("cos_sin", "fourier", "legendre")
+SOLVERS = ("adam", "dmrg")
 
 
 @register
@@ -55,8 +59,23 @@ class MPS(ImageClassifier):
         side is a power of 2).
     center : int, optional
         Pixels left of the head along the chain; None puts it in the middle.
+    solver : {"adam", "dmrg"}
+        ``"adam"``: backpropagation through the whole chain, AdamW on every tensor, one
+        epoch per pass over the data. ``"dmrg"``: two-site DMRG sweeps (Stoudenmire &
+        Schwab); each epoch is one sweep, the head walking from the centre to the right
+        end, the left end and back, every pair of neighbouring sites merged with the head,
+        optimised on the whole training set (``sweep_steps`` Adam steps of rate
+        ``sweep_lr``) and split again by a truncated SVD (at most ``bond_dim`` values, none
+        below ``cutoff`` times the largest). The training set's environments are cached,
+        ``n * n_sites * bond_dim`` floats (float64), and moved one site per step.
+    cutoff : float
+        ``solver="dmrg"``: relative singular-value cutoff of the splits (0 keeps
+        ``bond_dim``); the chosen dimensions are in ``bond_history_``.
+    sweep_lr, sweep_steps : float, int
+        ``solver="dmrg"``: Adam rate and steps on each bond tensor.
     lr, weight_decay, lr_step, lr_gamma : float, float, int, float
-        AdamW; the learning rate is multiplied by ``lr_gamma`` every ``lr_step`` epochs.
+        AdamW (``solver="adam"``); the learning rate is multiplied by ``lr_gamma`` every
+        ``lr_step`` epochs.
     head_lr_factor : float
         The head's learning rate is ``lr * head_lr_factor``: with unit environments the
         head alone sets the scale of the scores, which small core steps grow too slowly.
@@ -80,6 +99,10 @@ class MPS(ImageClassifier):
         Sites left of the head.
     order_ : (n_sites,) int64
         Row-major pixel index of every site of the chain.
+    bond_history_ : (n_sweeps, n_sites - 1) int64
+        ``solver="dmrg"``: the dimension each sweep chose for every bond between
+        neighbouring sites (at its last visit), one row per sweep of every ``fit``; empty
+        for ``solver="adam"``.
     """
 
     _FITTED_ATTR = "params_"
@@ -88,7 +111,9 @@ class MPS(ImageClassifier):
 
     def __init__(self, n_classes: Optional[int] = None, bond_dim: int = 20, d: int = 2,
                  feature_map: str = "cos_sin", order: str = "column",
-                 center: Optional[int] = None, lr: float = 0.0002, head_lr_factor: float = 20.0,
+                 center: Optional[int] = None, solver: str = "adam", cutoff: float = 1e-3,
+                 sweep_lr: float = 0.01, sweep_steps: int = 5,
+                 lr: float = 0.0002, head_lr_factor: float = 20.0,
                  weight_decay: float = 0.0, lr_step: int = 10, lr_gamma: float = 0.5,
                  batch_size: int = 32, epochs: int = 30, init_noise: float = 0.05,
                  image_shape: Optional[Tuple[int, int]] = None, input_scaling: str = "auto",
@@ -101,6 +126,10 @@ class MPS(ImageClassifier):
         self.feature_map = feature_map
         self.order = order
         self.center = center
+        self.solver = solver
+        self.cutoff = cutoff
+        self.sweep_lr = sweep_lr
+        self.sweep_steps = sweep_steps
         self.lr = lr
         self.head_lr_factor = head_lr_factor
         self.weight_decay = weight_decay
@@ -134,6 +163,12 @@ class MPS(ImageClassifier):
                              f"got {c!r}")
         check_number("init_noise", self.init_noise, 0)
         check_number("head_lr_factor", self.head_lr_factor, 0, low_open=True)
+        check_choice("solver", self.solver, SOLVERS)
+        check_number("cutoff", self.cutoff, 0)
+        check_number("sweep_lr", self.sweep_lr, 0)
+        s = self.sweep_steps
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
+            raise ValueError(f"sweep_steps: expected an integer >= 0, got {s!r}")
         self._check_device()
 
     def _n_channels(self) -> int:
@@ -158,6 +193,10 @@ class MPS(ImageClassifier):
         if center > self.n_sites_:
             raise ValueError(f"center: expected at most the number of pixels "
                              f"({self.n_sites_} for {h}x{w} images), got {center}")
+        if self.solver == "dmrg" and not 1 <= center <= self.n_sites_ - 1:
+            raise ValueError(f"center: solver='dmrg' needs the head between two sites, "
+                             f"1 <= center <= {self.n_sites_ - 1} for {h}x{w} images, got "
+                             f"{center}")
         self.center_ = center
         self.order_ = site_order(h, w, self.order)
 
@@ -226,10 +265,15 @@ class MPS(ImageClassifier):
         entry, ``f(model, epoch, record) -> dict or None``, runs after each epoch;
         returned items join that record.
         """
+        fresh = not (warm_start and getattr(self, self._FITTED_ATTR, None) is not None)
         X, y, epochs, batch_size, rng, monitor = self._start_fit(
             X, y, epochs, batch_size, warm_start, validation_data)
         hooks = self._epoch_hooks(monitor, callbacks)
         start = len(self.history_)
+        if fresh:
+            self.bond_history_ = np.zeros((0, max(self.n_sites_ - 1, 0)), np.int64)
+        if self.solver == "dmrg":
+            return self._fit_sweeps(X, y, epochs, hooks, monitor, fresh)
         # the head sets the scores' scale (the environments are unit vectors), which the
         # cores' small steps would take thousands of steps to grow: it has its own rate
         opts = [AdamW([p], lr=lr, weight_decay=self.weight_decay)
@@ -249,6 +293,46 @@ class MPS(ImageClassifier):
         for rec in hist:
             rec["epoch"] += start
         self.history_.extend(hist)
+        self._finish_fit(monitor)
+        return self
+
+    def _fit_sweeps(self, X: np.ndarray, y: np.ndarray, epochs: int, hooks, monitor,
+                    fresh: bool) -> "MPS":
+        """``epochs`` DMRG sweeps over the whole training set (see :class:`MPSSweep`)."""
+        import time
+
+        phi = np.concatenate([to_numpy(self._features(np.ascontiguousarray(
+            X[i:i + 1024], dtype=self.dtype))) for i in range(0, X.shape[0], 1024)])
+        # a fresh chain's canonical head holds the norm of the whole chain (exponential in
+        # its length); scores of order one are where the sweeps start
+        sweep = MPSSweep(phi, y, to_numpy(self.params_[0]), to_numpy(self.params_[1]),
+                         self.center_, max_bond=int(self.bond_dim), cutoff=float(self.cutoff),
+                         lr=float(self.sweep_lr), steps=int(self.sweep_steps),
+                         head_norm=1.0 if fresh else None)
+        start = len(self.history_)
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            bonds = sweep.sweep()
+            cores, head, _ = sweep.storage()
+            self.params_ = [cores, head]
+            self._place_state()
+            seconds = time.perf_counter() - t0
+            self.bond_history_ = np.concatenate([self.bond_history_, bonds[None]])
+            rec = {"epoch": start + epoch + 1, "loss": sweep.loss,
+                   "accuracy": sweep.accuracy, "images_per_s": len(y) / seconds,
+                   "seconds": seconds, "lr": float(self.sweep_lr),
+                   "max_bond": int(bonds.max()), "mean_bond": float(bonds.mean())}
+            for fn in hooks:
+                extra = fn(epoch, rec)
+                if extra:
+                    rec.update(extra)
+            stop = bool(rec.pop("stop", False))
+            self.history_.append(rec)
+            if self.verbose:
+                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in rec.items()), flush=True)
+            if stop:
+                break
         self._finish_fit(monitor)
         return self
 
@@ -321,7 +405,8 @@ class MPS(ImageClassifier):
         return {"cores": self.params_[0], "head": self.params_[1]}
 
     def _state_meta(self) -> Dict[str, Any]:
-        return {"image_shape": list(self.image_shape_), "history": self.history_}
+        return {"image_shape": list(self.image_shape_), "history": self.history_,
+                "bond_history": np.asarray(getattr(self, "bond_history_", [])).tolist()}
 
     def _set_state(self, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> None:
         self._check_config()
@@ -332,3 +417,6 @@ class MPS(ImageClassifier):
                                  f"expected {shape}")
         self.params_ = [arrays["cores"], arrays["head"]]
         self.history_ = meta.get("history", [])
+        bonds = meta.get("bond_history") or []
+        self.bond_history_ = np.asarray(bonds, np.int64).reshape(
+            -1, max(self.n_sites_ - 1, 0))

@@ -18,7 +18,8 @@ from ..._validate import check_float_array, check_shape
 from ...backend import array_module
 from . import cpu
 
-__all__ = ["mps_contract", "mps_contract_forward", "mps_contract_backward"]
+__all__ = ["mps_contract", "mps_contract_forward", "mps_contract_backward",
+           "mps_environment_step"]
 
 
 def _impl(x: Any):
@@ -111,3 +112,41 @@ def mps_contract(phi: Any, cores: Any, head: Any, center: int) -> Tuple[Any, Any
     """``(out, log_scale)``; see :func:`mps_contract_forward`."""
     out, log_scale, _ = mps_contract_forward(phi, cores, head, center)
     return out, log_scale
+
+
+def mps_environment_step(env: Any, core: Any, phi_k: Any, side: str) -> Tuple[Any, Any]:
+    """Move a normalised environment across one site (the step a sweep repeats).
+
+    Parameters
+    ----------
+    env : (n, a) for ``side="left"`` (the sites left of ``core``), (n, b) for
+        ``side="right"`` (the sites right of it)
+    core : (a, d, b), the dtype of ``env``
+        One site tensor; bonds of any size (a sweep's bonds vary along the chain).
+    phi_k : (n, d), the dtype of ``env``
+        The site's feature vectors.
+    side : {"left", "right"}
+
+    Returns
+    -------
+    env' : (n, b) or (n, a)
+        ``u / |u|`` with ``u = env A(phi_k)`` (left) or ``A(phi_k) env`` (right), as the
+        forward's environments (an exact zero stays zero).
+    norm : (n,) float64
+        ``|u|`` (1 where ``u`` is zero).
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"side: expected 'left' or 'right', got {side!r}")
+    check_float_array("env", env, ndim=2)
+    check_float_array("core", core, ndim=3, dtype=env.dtype)
+    check_float_array("phi_k", phi_k, ndim=2, dtype=env.dtype)
+    a, d, b = core.shape
+    n, e = env.shape
+    want = a if side == "left" else b
+    if e != want or tuple(phi_k.shape) != (n, d):
+        raise ValueError(f"env, phi_k: expected ({n}, {want}) and ({n}, {d}) for a "
+                         f"{side} step over a core of shape {tuple(core.shape)}, got "
+                         f"{tuple(env.shape)} and {tuple(phi_k.shape)}")
+    from . import xp  # batched products: one GEMM per step on any array module
+
+    return xp.environment_step(env, core, phi_k, side)

@@ -44,6 +44,30 @@ def _unchain(ts: List[np.ndarray], center: int, shape_cores, shape_head, dtype):
     return cores, head
 
 
+def chain_tensors(cores: np.ndarray, head: np.ndarray, center: int) -> List[np.ndarray]:
+    """The chain as a list of float64 tensors ``(left bond, physical, right bond)``, the
+    head at position ``center``, the open ends cut to their first bond index (a sweep's
+    working form)."""
+    return _chain(cores, head, center)
+
+
+def storage_from_chain(ts: List[np.ndarray], center: int, shape_cores, shape_head,
+                       dtype) -> Tuple[np.ndarray, np.ndarray]:
+    """``(cores, head)`` padded with zeros to the storage shapes from a list of
+    :func:`chain_tensors` (every bond at most the storage bond)."""
+    return _unchain(ts, center, shape_cores, shape_head, dtype)
+
+
+def left_orthogonalize(ts: List[np.ndarray], start: int, stop: int) -> None:
+    """QR sweep in place: ``ts[start:stop]`` left-orthogonal, the rest pushed right."""
+    _sweep_left(ts, start, stop)
+
+
+def right_orthogonalize(ts: List[np.ndarray], start: int, stop: int) -> None:
+    """QR sweep in place: ``ts[stop:start+1]`` right-orthogonal, the rest pushed left."""
+    _sweep_right(ts, start, stop)
+
+
 def _sweep_left(ts: List[np.ndarray], start: int, stop: int) -> None:
     """Make ``ts[start:stop]`` left-orthogonal, pushing each R factor to the right."""
     for i in range(start, stop):

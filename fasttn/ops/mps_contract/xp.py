@@ -82,3 +82,19 @@ def mps_contract_backward(saved, g_out, g_log_scale, need_g_phi: bool = True):
     gr = (g_out[:, :, None] * r[:, None, :]).reshape(n, C * D)
     g_head = (l.T @ gr).reshape(D, C, D).astype(phi.dtype)
     return g_phi, g_cores, g_head
+
+
+def environment_step(env, core, phi_k, side: str):
+    """One site of a sweep's environment: ``(env', norm)`` with ``env' = u / |u|`` and
+    ``u = env A(phi_k)`` (``side="left"``, ``env (n, a)``, ``core (a, d, b)``) or
+    ``u = A(phi_k) env`` (``side="right"``, ``env (n, b)``); bonds of any size."""
+    xp = array_module(env)
+    n = env.shape[0]
+    a, d, b = core.shape
+    if side == "left":
+        t = (env @ core.reshape(a, d * b)).reshape(n, d, b)
+        u = (t * phi_k[:, :, None]).sum(axis=1)
+    else:
+        t = (env @ core.reshape(a * d, b).T).reshape(n, a, d)
+        u = (t * phi_k[:, None, :]).sum(axis=2)
+    return _normalise(xp, u)

@@ -14,10 +14,10 @@ if not hasattr(torch.library, "custom_op"):  # pragma: no cover - torch < 2.4
                       f"{torch.__version__}: pip install 'fasttn[torch]'")
 
 from .models import CNNTN, QCNN
-from .modules import MERABlockLayer, QCNNLevel, TNLayer, TreeNodeLayer
-from .ops import (mera_block, mpo_apply, product_pool, qcnn_level, qcnn_level_given_stats,
-                  qcnn_level_with_stats, tree_node)
+from .modules import MERABlockLayer, MPSLayer, QCNNLevel, TNLayer, TreeNodeLayer
+from .ops import (mera_block, mpo_apply, mps_contract, product_pool, qcnn_level,
+                  qcnn_level_given_stats, qcnn_level_with_stats, tree_node)
 
-__all__ = ["CNNTN", "QCNN", "MERABlockLayer", "QCNNLevel", "TNLayer", "TreeNodeLayer", "mera_block",
-           "mpo_apply", "product_pool", "qcnn_level", "qcnn_level_given_stats",
+__all__ = ["CNNTN", "QCNN", "MERABlockLayer", "MPSLayer", "QCNNLevel", "TNLayer", "TreeNodeLayer", "mera_block",
+           "mpo_apply", "mps_contract", "product_pool", "qcnn_level", "qcnn_level_given_stats",
            "qcnn_level_with_stats", "tree_node"]

@@ -17,11 +17,11 @@ from .._validate import check_dtype
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
-# Ops with a CUDA path: those with a module of their own in fasttn.ops, and tree_node, whose
-# einsum spec runs on CuPy arrays; the MPO contractions run on the host only. Looked up once,
+# Ops with a CUDA path: those with a module of their own in fasttn.ops, tree_node, whose
+# einsum spec runs on CuPy arrays, and mps_contract (its array-module version); the MPO contractions run on the host only. Looked up once,
 # so that checking a call stays traceable by torch.compile.
 _CUDA_MODULES = ("product_pool", "qcnn_level", "mera_block")
-_CUDA_PATHS = {"tree_node": True, "mpo_apply": False,
+_CUDA_PATHS = {"tree_node": True, "mps_contract": True, "mpo_apply": False,
                **{op: importlib.util.find_spec(f"fasttn.ops.{op}.cuda") is not None
                   for op in _CUDA_MODULES}}
 

@@ -20,7 +20,7 @@ from ..models.tnn_layers import TNLayer as _MPOLayerSpec, factor_dims
 from .ops import (mera_block, mpo_apply, qcnn_level, qcnn_level_given_stats,
                   qcnn_level_with_stats, tree_node)
 
-__all__ = ["QCNNLevel", "MERABlockLayer", "TNLayer", "TreeNodeLayer"]
+__all__ = ["QCNNLevel", "MERABlockLayer", "MPSLayer", "TNLayer", "TreeNodeLayer"]
 
 
 def _numpy_rng() -> np.random.Generator:
@@ -352,3 +352,91 @@ def _polar(t: np.ndarray) -> np.ndarray:
     mats = t.reshape(-1, t.shape[2] ** 4, t.shape[-1])
     split = fops.svd_truncate(mats, absorb="none")
     return np.matmul(split.left, split.right).reshape(t.shape)
+
+
+class MPSLayer(nn.Module):
+    """Matrix product state classifier layer (:class:`fasttn.MPS`'s network) over
+    :func:`fasttn.torch.ops.mps_contract`.
+
+    ``n_sites`` cores ``(D, d, D)`` and a head ``(D, n_classes, D)`` after the first
+    ``center`` sites, initialised as :class:`fasttn.MPS` does (identity on the bond for
+    every feature channel plus Gaussian noise of ``init_noise``; the head an identity per
+    class plus noise).
+
+    Parameters
+    ----------
+    n_sites, n_classes, bond_dim : int
+    d : int
+        Feature channels per site.
+    center : int, optional
+        Sites left of the head; None: ``n_sites // 2``.
+    init_noise : float
+    device, dtype : optional
+
+    Notes
+    -----
+    Input: ``(batch, n_sites, d)`` feature vectors, or ``(batch, n_sites)`` values in
+    [0, 1] mapped by the degree-``d`` cos/sin map of :func:`fasttn.ops.feature_map`
+    (``d = 2``: ``[cos(pi x / 2), sin(pi x / 2)]``). Output: ``(batch, n_classes)``
+    normalised scores (:meth:`forward_with_scale` also returns the per-sample log-scale).
+    """
+
+    def __init__(self, n_sites: int, n_classes: int, bond_dim: int = 10, d: int = 2,
+                 center: Optional[int] = None, init_noise: float = 0.05, device=None,
+                 dtype=None):
+        super().__init__()
+        self.n_sites = check_positive_int("n_sites", n_sites)
+        self.n_classes = check_positive_int("n_classes", n_classes)
+        self.bond_dim = check_positive_int("bond_dim", bond_dim)
+        self.d = check_positive_int("d", d)
+        if center is None:
+            center = n_sites // 2
+        if isinstance(center, bool) or not isinstance(center, int) or not 0 <= center <= n_sites:
+            raise ValueError(f"center: expected None or an integer from 0 to {n_sites}, got "
+                             f"{center!r}")
+        self.center = center
+        if not (isinstance(init_noise, (int, float)) and math.isfinite(init_noise)
+                and init_noise >= 0):
+            raise ValueError(f"init_noise: expected a finite number >= 0, got {init_noise!r}")
+        self.init_noise = float(init_noise)
+        factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
+        D = bond_dim
+        self.cores = nn.Parameter(torch.empty((n_sites, D, d, D), **factory))
+        self.head = nn.Parameter(torch.empty((D, n_classes, D), **factory))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        D = self.bond_dim
+        with torch.no_grad():
+            eye = torch.eye(D, dtype=self.cores.dtype, device=self.cores.device)
+            self.cores.normal_(0.0, self.init_noise).add_(eye[None, :, None, :])
+            self.head.normal_(0.0, self.init_noise).add_(eye[:, None, :])
+
+    def features(self, x: Tensor) -> Tensor:
+        """``(batch, n_sites, d)``: ``x`` itself, or the cos/sin map of values in [0, 1]."""
+        if x.dim() == 3:
+            if tuple(x.shape[1:]) != (self.n_sites, self.d):
+                raise ValueError(f"x: expected (batch, {self.n_sites}, {self.d}) features or "
+                                 f"(batch, {self.n_sites}) values, got {tuple(x.shape)}")
+            return x
+        if x.dim() != 2 or x.shape[1] != self.n_sites:
+            raise ValueError(f"x: expected (batch, {self.n_sites}, {self.d}) features or "
+                             f"(batch, {self.n_sites}) values, got {tuple(x.shape)}")
+        t = x * (math.pi / 2)
+        c, s = torch.cos(t), torch.sin(t)
+        k = self.d - 1
+        return torch.stack([math.sqrt(math.comb(k, j)) * c ** (k - j) * s ** j
+                            for j in range(self.d)], dim=-1)
+
+    def forward_with_scale(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(out, log_scale)``: the chain's exact scores are ``out * exp(log_scale)``."""
+        from .ops import mps_contract
+
+        return mps_contract(self.features(x).contiguous(), self.cores, self.head, self.center)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with_scale(x)[0]
+
+    def extra_repr(self) -> str:
+        return (f"n_sites={self.n_sites}, n_classes={self.n_classes}, "
+                f"bond_dim={self.bond_dim}, d={self.d}, center={self.center}")

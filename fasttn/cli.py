@@ -72,6 +72,7 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     _add_train_mera(models)
     _add_train_tnn(models)
     _add_train_ttn(models)
+    _add_train_mps(models)
     _add_train_torch(models)
 
 
@@ -218,6 +219,74 @@ def _add_train_ttn(models: argparse._SubParsersAction) -> None:
     q.add_argument("--history", default=None, help="write the per-epoch history here (JSON)")
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=_train_ttn)
+
+
+def _add_train_mps(models: argparse._SubParsersAction) -> None:
+    q = models.add_parser("mps", help="matrix product state classifier (Stoudenmire & "
+                                      "Schwab) on a named dataset",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_image_data_options(q)
+    q.add_argument("--bond", type=int, default=20, help="bond dimension (DMRG: the largest)")
+    q.add_argument("--d", type=int, default=2, help="degree of the cos/sin feature map")
+    q.add_argument("--order", default="column", choices=["column", "row", "snake", "hilbert"],
+                   help="how the pixels are laid out as the chain")
+    q.add_argument("--solver", default="adam", choices=["adam", "dmrg"],
+                   help="backpropagation, or two-site DMRG sweeps")
+    q.add_argument("--cutoff", type=float, default=1e-3,
+                   help="DMRG: relative singular-value cutoff of the splits")
+    q.add_argument("--epochs", type=int, default=30, help="epochs (Adam) or sweeps (DMRG)")
+    q.add_argument("--batch-size", type=int, default=32)
+    q.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    _add_device_option(q)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", default=None, help="save the trained model here (.npz)")
+    q.add_argument("--history", default=None, help="write the per-epoch history here (JSON)")
+    q.add_argument("--bond-plot", default=None,
+                   help="DMRG: write the bond dimensions chosen per sweep here (PNG)")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=_train_mps)
+
+
+def _train_mps(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    import fasttn
+
+    X_tr, y_tr, X_te, y_te = _image_task(args)
+    model = fasttn.MPS(bond_dim=args.bond, d=args.d, order=args.order, solver=args.solver,
+                       cutoff=args.cutoff, batch_size=args.batch_size, epochs=args.epochs,
+                       dtype=args.dtype, device=args.device, random_state=args.seed,
+                       verbose=0 if args.quiet else 1)
+    print(f"MPS on {args.dataset}{' classes ' + args.classes if args.classes else ''}: "
+          f"{len(y_tr)} train / {len(y_te)} test images of {X_tr.shape[1]}x{X_tr.shape[2]}; "
+          f"{model!r}")
+    t0 = time.perf_counter()
+    model.fit(X_tr, y_tr)
+    seconds = time.perf_counter() - t0
+    print(f"parameters {model.n_params_}  train time {seconds:.1f} s  train accuracy "
+          f"{model.score(X_tr, y_tr):.4f}  test accuracy {model.score(X_te, y_te):.4f}")
+    if args.solver == "dmrg" and len(model.bond_history_):
+        last = model.bond_history_[-1]
+        print(f"bonds after the last sweep: mean {last.mean():.1f}  max {last.max()}  "
+              f"min {last.min()}")
+        if args.bond_plot:
+            from fasttn.analysis.plots import save_bond_history
+
+            save_bond_history(model.bond_history_, args.bond_plot, max_bond=args.bond,
+                              title=f"MPS DMRG on {args.dataset}: bond dimensions "
+                                    f"(cutoff {args.cutoff:g})")
+            print(f"wrote {args.bond_plot}")
+    if args.history:
+        from fasttn._atomic import atomic_file
+
+        with atomic_file(args.history) as tmp:
+            with open(tmp, "w") as f:
+                json.dump(model.history_, f, indent=1)
+    if args.out:
+        model.save(args.out)
+        print(f"saved {args.out}")
+    return 0
 
 
 def _add_train_torch(models: argparse._SubParsersAction) -> None:

@@ -559,6 +559,14 @@ def _add_train_mera(models: argparse._SubParsersAction) -> None:
                    help="isometric: keep every tensor but the class map an isometry (polar "
                         "retraction); norm: keep the norm of every tensor below the last level "
                         "fixed (the scores do not depend on it)")
+    q.add_argument("--predict-shift", type=int, default=None,
+                   help="predictions average four copies of each image moved by (+-N, +-N) "
+                        "pixels (0: one pass; model default: a quarter of the region stride, "
+                        "2, with scanned regions, else 0)")
+    q.add_argument("--warm-start", default=None, metavar="MODEL",
+                   help="continue training this saved MERA2D (.npz) instead of a new one, "
+                        "e.g. a detector fitted on smaller canvases (its tensors read any "
+                        "canvas size); only the training options above and below apply")
     _add_val_split_option(q)
     q.add_argument("--epochs", type=int, default=None)
     q.add_argument("--batch-size", type=int, default=None)
@@ -570,6 +578,11 @@ def _add_train_mera(models: argparse._SubParsersAction) -> None:
     q.add_argument("--out", default=None, help="save the trained model here (.npz)")
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=_train_mera)
+
+
+#: ``fasttn train mera`` options that shape the network (not allowed with --warm-start).
+_MERA_SHAPE_OPTIONS = ("paper", "chi", "bond", "unshared", "patch", "window", "feature_map",
+                       "no_constant", "level_map", "init", "init_scale", "constraint")
 
 
 def _window_arg(text: str):
@@ -598,7 +611,7 @@ def _train_mera(args: argparse.Namespace) -> int:
                                        seed=args.seed, **_needle_kwargs(args))
     given = {name: getattr(args, name) for name in (
         "patch", "feature_map", "level_map", "init", "init_scale", "constraint", "lr",
-        "weight_decay", "lr_step", "batch_size", "epochs", "augment_shift")}
+        "weight_decay", "lr_step", "batch_size", "epochs", "augment_shift", "predict_shift")}
     params = {k: v for k, v in given.items() if v is not None}
     if args.chi is not None:
         params["chi"] = _int_or_list(args.chi)
@@ -610,14 +623,27 @@ def _train_mera(args: argparse.Namespace) -> int:
         params["shared"] = False
     if args.no_constant:
         params["constant"] = False
-    make = fasttn.MERA2D.paper if args.paper else fasttn.MERA2D
-    model = make(**params, dtype=args.dtype, device=args.device, random_state=args.seed,
-                 verbose=0 if args.quiet else 1)
+    if args.warm_start:
+        shaping = [name for name in _MERA_SHAPE_OPTIONS if getattr(args, name) not in
+                   (None, False)]
+        if shaping:
+            raise ValueError(f"--warm-start continues a saved network; "
+                             f"--{shaping[0].replace('_', '-')} would change it (drop it)")
+        model = fasttn.load(args.warm_start)
+        if not isinstance(model, fasttn.MERA2D):
+            raise ValueError(f"--warm-start: expected a saved MERA2D, got "
+                             f"a {type(model).__name__} in {args.warm_start}")
+        model.set_params(**params, device=args.device, random_state=args.seed,
+                         verbose=0 if args.quiet else 1)
+    else:
+        make = fasttn.MERA2D.paper if args.paper else fasttn.MERA2D
+        model = make(**params, dtype=args.dtype, device=args.device, random_state=args.seed,
+                     verbose=0 if args.quiet else 1)
     print(f"2D MERA on {args.dataset}: {len(y_tr)} train / {len(y_te)} test images of "
           f"{X_tr.shape[1]}x{X_tr.shape[2]}; {model!r}")
     X_tr, y_tr, validation = _split_validation(args, X_tr, y_tr)
     t0 = time.perf_counter()
-    model.fit(X_tr, y_tr, validation_data=validation,
+    model.fit(X_tr, y_tr, validation_data=validation, warm_start=bool(args.warm_start),
               **_epoch_scores(model, validation, X_te, y_te))
     seconds = time.perf_counter() - t0
     print(f"parameters {model.n_params_}  levels {model.n_levels_}  train time {seconds:.1f} s  "

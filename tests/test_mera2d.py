@@ -305,6 +305,32 @@ def test_cli_trains_and_saves(tmp_path, capsys):
     assert "chi" in capsys.readouterr().err
 
 
+def test_cli_warm_start_continues_a_detector_on_larger_canvases(tmp_path, capsys):
+    from fasttn.cli import main
+
+    small, large = tmp_path / "n64.npz", tmp_path / "n128.npz"
+    common = ["--dataset", "needle", "--n-train", "16", "--n-test", "8", "--epochs", "1",
+              "--quiet"]
+    assert main(["train", "mera", "--size", "64", "--window", "16", "--chi", "2",
+                 "--predict-shift", "0", "--out", str(small)] + common) == 0
+    capsys.readouterr()
+    assert main(["train", "mera", "--size", "128", "--warm-start", str(small), "--lr", "0.001",
+                 "--out", str(large)] + common) == 0
+    assert "of 128x128" in capsys.readouterr().out
+    m = fasttn.load(large)
+    assert m.input_shape_ == (128, 128) and len(m.history_) == 2 and m.window_ == 16
+    assert m.lr == 0.001 and m.predict_shift == 0
+    # options that would change the saved network are refused, as is another model's file
+    assert main(["train", "mera", "--size", "128", "--warm-start", str(small), "--chi", "4"]
+                + common) == 2
+    assert "--chi" in capsys.readouterr().err
+    qcnn = tmp_path / "q.npz"
+    fasttn.QCNN(epochs=1, d=2).fit(np.random.default_rng(0).random((8, 8, 8)),
+                                   np.arange(8) % 2).save(qcnn)
+    assert main(["train", "mera", "--warm-start", str(qcnn)] + common) == 2
+    assert "expected a saved MERA2D" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("shape", [(7, 3), (3, 7), (5, 5)])
 def test_polar_retraction_is_scipys_polar_factor(rng, shape):
     import scipy.linalg

@@ -165,7 +165,7 @@ def measure(name, side, bond, batch, steps, seed=0):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--sizes", type=int, nargs="+", default=[28, 64, 128])
     p.add_argument("--bonds", type=int, nargs="+", default=[10, 20])
     p.add_argument("--batch", type=int, default=100)

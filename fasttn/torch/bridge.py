@@ -71,12 +71,14 @@ def to_array(t: torch.Tensor) -> Any:
 
 
 def from_array(a: Any) -> torch.Tensor:
-    """The tensor over the memory of a NumPy or CuPy array ``a`` (no copy)."""
+    """The tensor over the memory of a NumPy or CuPy array ``a`` (no copy), contiguous: a
+    custom op's outputs have the strides its shape function promises (a strided result, such
+    as a transposed gradient, is copied)."""
     if isinstance(a, np.ndarray):
         if not a.flags.writeable:  # torch tensors are always writable
             a = a.copy()
-        return torch.from_numpy(a)
-    return torch.from_dlpack(a)
+        return torch.from_numpy(a).contiguous()
+    return torch.from_dlpack(a).contiguous()
 
 
 @contextlib.contextmanager

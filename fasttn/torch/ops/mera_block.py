@@ -7,51 +7,67 @@ import torch
 from torch import Tensor
 
 from ... import ops as fops
-from .. import tape
+from ._contract import loop_vmap, refuse_double_backward, register
 from ..bridge import check_inputs, device_scope, from_array, to_array
 
 __all__ = ["mera_block"]
 
 
 @torch.library.custom_op("fasttn::mera_block", mutates_args=())
-def _forward(x: Tensor, u1: Tensor, w: Tensor, u2: Tensor, top: Tensor
-             ) -> Tuple[Tensor, Tensor]:
+def _forward(x: Tensor, u1: Tensor, w: Tensor, u2: Tensor, top: Tensor) -> Tensor:
     with device_scope(x):
-        out, saved = fops.mera_block_forward(*(to_array(t) for t in (x, u1, w, u2, top)))
-    return from_array(out), tape.store(saved)
+        out, _ = fops.mera_block_forward(*(to_array(t) for t in (x, u1, w, u2, top)))
+    return from_array(out)
 
 
 @_forward.register_fake
 def _(x, u1, w, u2, top):
-    out = x.new_empty((x.shape[0], x.shape[1] // 4, x.shape[2] // 4, top.shape[-1]))
-    return out, tape.fake_handle()
+    return x.new_empty((x.shape[0], x.shape[1] // 4, x.shape[2] // 4, top.shape[-1]))
+
+
+def _saved(x, u1, w, u2, top):
+    """fasttn's saved state, rebuilt: the inputs and ``u2`` folded into ``top`` (one small
+    matrix product, as the forward computes it)."""
+    arrays = [to_array(t) for t in (x, u1, w, u2, top)]
+    if x.device.type == "cpu":
+        from ...ops.mera_block.cpu import _fold_top
+
+        m = _fold_top(arrays[3], arrays[4])
+    else:  # pragma: no cover - needs a GPU
+        from ...backend import array_module
+        from ...ops.mera_block.cuda import _fold_top
+
+        m = _fold_top(array_module(arrays[0]), arrays[3], arrays[4])
+    return (*arrays, m)
 
 
 @torch.library.custom_op("fasttn::mera_block_backward", mutates_args=())
-def _backward_op(handle: Tensor, x: Tensor, u1: Tensor, w: Tensor, u2: Tensor, top: Tensor,
+def _backward_op(x: Tensor, u1: Tensor, w: Tensor, u2: Tensor, top: Tensor,
                  grad_out: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     with device_scope(x):
-        saved = tape.load(handle, lambda: fops.mera_block_forward(
-            *(to_array(t) for t in (x, u1, w, u2, top)))[1])
-        grads = fops.mera_block_backward(saved, to_array(grad_out))
+        grads = fops.mera_block_backward(_saved(x, u1, w, u2, top), to_array(grad_out))
     return tuple(from_array(g) for g in grads)
 
 
 @_backward_op.register_fake
-def _(handle, x, u1, w, u2, top, grad_out):
+def _(x, u1, w, u2, top, grad_out):
     return tuple(torch.empty_like(t) for t in (x, u1, w, u2, top))
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs, output[1])
+    ctx.save_for_backward(*inputs)
 
 
-def _backward(ctx, grad_out, _grad_handle):
-    *inputs, handle = ctx.saved_tensors
-    return _backward_op(handle, *inputs, grad_out)
+def _backward(ctx, grad_out):
+    return _backward_op(*ctx.saved_tensors, grad_out.contiguous())
 
 
 _forward.register_autograd(_backward, setup_context=_setup_context)
+refuse_double_backward(_backward_op, "mera_block")
+_forward.register_vmap(loop_vmap(_forward))
+_backward_op.register_vmap(loop_vmap(_backward_op))
+register(_forward)
+register(_backward_op)
 
 
 def mera_block(x: Tensor, u1: Tensor, w: Tensor, u2: Tensor, top: Tensor) -> Tensor:
@@ -77,4 +93,4 @@ def mera_block(x: Tensor, u1: Tensor, w: Tensor, u2: Tensor, top: Tensor) -> Ten
     out : (batch, H / 4, W / 4, d_out)
     """
     check_inputs("mera_block", {"x": x, "u1": u1, "w": w, "u2": u2, "top": top})
-    return _forward(x, u1, w, u2, top)[0]
+    return _forward(x, u1, w, u2, top)

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ... import ops as fops
-from .. import tape
+from ._contract import loop_vmap, refuse_double_backward, register
 from ..bridge import check_inputs, device_scope, from_array, to_array
 
 __all__ = ["mps_contract"]
@@ -15,26 +15,35 @@ __all__ = ["mps_contract"]
 
 @torch.library.custom_op("fasttn::mps_contract", mutates_args=())
 def _forward(phi: Tensor, cores: Tensor, head: Tensor, center: int
-             ) -> Tuple[Tensor, Tensor, Tensor]:
+             ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(out, log_scale, lefts, rights, norms)``: the last three are the normalised
+    environments and their norms, which the backward takes instead of recomputing them."""
     with device_scope(phi):
         out, log_scale, saved = fops.mps_contract_forward(to_array(phi), to_array(cores),
                                                           to_array(head), center)
-    return from_array(out), from_array(log_scale), tape.store(saved)
+    lefts, rights, norms = saved[4:]
+    return tuple(from_array(a) for a in (out, log_scale, lefts, rights, norms))
 
 
 @_forward.register_fake
 def _(phi, cores, head, center):
-    out = phi.new_empty((phi.shape[0], head.shape[1]))
-    return out, phi.new_empty((phi.shape[0],), dtype=torch.float64), tape.fake_handle()
+    n, L, D = phi.shape[0], cores.shape[0], cores.shape[1]
+    out = phi.new_empty((n, head.shape[1]))
+    if phi.device.type == "cpu":
+        envs = ((n, center + 1, D), (n, L - center + 1, D), (n, L))
+    else:  # the array-module version keeps the sample axis second
+        envs = ((center + 1, n, D), (L - center + 1, n, D), (L, n))
+    return (out, phi.new_empty((n,), dtype=torch.float64), phi.new_empty(envs[0]),
+            phi.new_empty(envs[1]), phi.new_empty(envs[2], dtype=torch.float64))
 
 
 @torch.library.custom_op("fasttn::mps_contract_backward", mutates_args=())
-def _backward_op(handle: Tensor, phi: Tensor, cores: Tensor, head: Tensor, center: int,
-                 g_out: Tensor, g_log_scale: Tensor, need_g_phi: bool
-                 ) -> Tuple[Tensor, Tensor, Tensor]:
+def _backward_op(phi: Tensor, cores: Tensor, head: Tensor, lefts: Tensor, rights: Tensor,
+                 norms: Tensor, center: int, g_out: Tensor, g_log_scale: Tensor,
+                 need_g_phi: bool) -> Tuple[Tensor, Tensor, Tensor]:
     with device_scope(phi):
-        saved = tape.load(handle, lambda: fops.mps_contract_forward(
-            to_array(phi), to_array(cores), to_array(head), center)[2])
+        saved = tuple(to_array(t) for t in (phi, cores, head))
+        saved = saved + (center,) + tuple(to_array(t) for t in (lefts, rights, norms))
         g_phi, g_cores, g_head = fops.mps_contract_backward(
             saved, to_array(g_out), to_array(g_log_scale), need_g_phi)
     return ((phi.new_empty(0) if g_phi is None else from_array(g_phi)), from_array(g_cores),
@@ -42,7 +51,7 @@ def _backward_op(handle: Tensor, phi: Tensor, cores: Tensor, head: Tensor, cente
 
 
 @_backward_op.register_fake
-def _(handle, phi, cores, head, center, g_out, g_log_scale, need_g_phi):
+def _(phi, cores, head, lefts, rights, norms, center, g_out, g_log_scale, need_g_phi):
     return ((torch.empty_like(phi) if need_g_phi else phi.new_empty(0)),
             torch.empty_like(cores), torch.empty_like(head))
 
@@ -50,17 +59,18 @@ def _(handle, phi, cores, head, center, g_out, g_log_scale, need_g_phi):
 def _setup_context(ctx, inputs, output):
     phi, cores, head, center = inputs
     ctx.center = center
-    ctx.save_for_backward(phi, cores, head, output[2])
+    ctx.mark_non_differentiable(*output[2:])
+    ctx.save_for_backward(phi, cores, head, *output[2:])
 
 
-def _backward(ctx, g_out, g_log_scale, _g_handle):
-    phi, cores, head, handle = ctx.saved_tensors
+def _backward(ctx, g_out, g_log_scale, *_g_envs):
+    phi, cores, head, lefts, rights, norms = ctx.saved_tensors
     if g_out is None:
         g_out = phi.new_zeros((phi.shape[0], head.shape[1]))
     if g_log_scale is None:
         g_log_scale = phi.new_zeros((phi.shape[0],), dtype=torch.float64)
     need_g_phi = ctx.needs_input_grad[0]
-    g_phi, g_cores, g_head = _backward_op(handle, phi, cores, head, ctx.center,
+    g_phi, g_cores, g_head = _backward_op(phi, cores, head, lefts, rights, norms, ctx.center,
                                           g_out.contiguous(),
                                           g_log_scale.to(torch.float64).contiguous(),
                                           need_g_phi)
@@ -68,6 +78,11 @@ def _backward(ctx, g_out, g_log_scale, _g_handle):
 
 
 _forward.register_autograd(_backward, setup_context=_setup_context)
+refuse_double_backward(_backward_op, "mps_contract")
+_forward.register_vmap(loop_vmap(_forward))
+_backward_op.register_vmap(loop_vmap(_backward_op))
+register(_forward)
+register(_backward_op)
 
 
 def mps_contract(phi: Tensor, cores: Tensor, head: Tensor, center: int
@@ -91,5 +106,5 @@ def mps_contract(phi: Tensor, cores: Tensor, head: Tensor, center: int
         The chain's exact scores are ``out * exp(log_scale)[:, None]``.
     """
     check_inputs("mps_contract", {"phi": phi, "cores": cores, "head": head})
-    out, log_scale, _ = _forward(phi, cores, head, int(center))
+    out, log_scale = _forward(phi, cores, head, int(center))[:2]
     return out, log_scale

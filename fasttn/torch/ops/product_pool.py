@@ -8,17 +8,29 @@ from torch import Tensor
 
 from ... import ops as fops
 from ..._validate import check_positive_int
-from .. import tape
+from ._contract import loop_vmap, register
 from ..bridge import check_inputs, device_scope, from_array, to_array
 
 __all__ = ["product_pool"]
 
 
+def _reference(x: Tensor, window: int) -> Tensor:
+    """The same product in plain torch ops (differentiable to any order); the double
+    backward goes through it."""
+    if x.dim() == 3:
+        b, s, c = x.shape
+        n = s // window
+        return x[:, :n * window].reshape(b, n, window, c).prod(2)
+    b, h, w, c = x.shape
+    return (x[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+            .prod(4).prod(2))
+
+
 @torch.library.custom_op("fasttn::product_pool", mutates_args=())
-def _forward(x: Tensor, window: int) -> Tuple[Tensor, Tensor]:
+def _forward(x: Tensor, window: int) -> Tensor:
     with device_scope(x):
-        out, saved = fops.product_pool_forward(to_array(x), window)
-    return from_array(out), tape.store(saved)
+        out, _ = fops.product_pool_forward(to_array(x), window)
+    return from_array(out)
 
 
 @_forward.register_fake
@@ -27,33 +39,59 @@ def _(x, window):
         shape = (x.shape[0], x.shape[1] // window, x.shape[2])
     else:
         shape = (x.shape[0], x.shape[1] // 2, x.shape[2] // 2, x.shape[3])
-    return x.new_empty(shape), tape.fake_handle()
+    return x.new_empty(shape)
 
 
 @torch.library.custom_op("fasttn::product_pool_backward", mutates_args=())
-def _backward_op(handle: Tensor, x: Tensor, grad_out: Tensor, window: int) -> Tensor:
-    with device_scope(x):
-        saved = tape.load(handle, lambda: fops.product_pool_forward(to_array(x), window)[1])
-        return from_array(fops.product_pool_backward(saved, to_array(grad_out)))
+def _backward_op(x: Tensor, grad_out: Tensor, window: int) -> Tensor:
+    with device_scope(x):  # fasttn's saved state is (x, window): nothing to keep
+        return from_array(fops.product_pool_backward((to_array(x), window),
+                                                     to_array(grad_out)))
 
 
 @_backward_op.register_fake
-def _(handle, x, grad_out, window):
+def _(x, grad_out, window):
     return torch.empty_like(x)
 
 
 def _setup_context(ctx, inputs, output):
     x, window = inputs
-    ctx.save_for_backward(x, output[1])
+    ctx.save_for_backward(x)
     ctx.window = window
 
 
-def _backward(ctx, grad_out, _grad_handle):
-    x, handle = ctx.saved_tensors
-    return _backward_op(handle, x, grad_out, ctx.window), None
+def _backward(ctx, grad_out):
+    x, = ctx.saved_tensors
+    return _backward_op(x, grad_out.contiguous(), ctx.window), None
 
 
 _forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _double_setup(ctx, inputs, output):
+    x, grad_out, window = inputs
+    ctx.save_for_backward(x, grad_out)
+    ctx.window = window
+
+
+def _double_backward(ctx, gg_x):
+    """The backward is linear in ``grad_out``: its vector-Jacobian product, through the
+    plain-torch product (so still differentiable)."""
+    x, grad_out = ctx.saved_tensors
+    window = ctx.window
+
+    def pullback(x_, g_):
+        return torch.func.vjp(lambda t: _reference(t, window), x_)[1](g_)[0]
+
+    g_x, g_grad = torch.func.vjp(pullback, x, grad_out)[1](gg_x)
+    return g_x, g_grad, None
+
+
+_backward_op.register_autograd(_double_backward, setup_context=_double_setup)
+_forward.register_vmap(loop_vmap(_forward))
+_backward_op.register_vmap(loop_vmap(_backward_op))
+register(_forward)
+register(_backward_op)
 
 
 def product_pool(x: Tensor, window: int = 2) -> Tensor:
@@ -70,4 +108,4 @@ def product_pool(x: Tensor, window: int = 2) -> Tensor:
     out : (batch, sites // window, channels) or (batch, height // 2, width // 2, channels)
     """
     check_inputs("product_pool", {"x": x})
-    return _forward(x, check_positive_int("window", window))[0]
+    return _forward(x, check_positive_int("window", window))

@@ -10,7 +10,7 @@ from torch import Tensor
 from ... import ops as fops
 from ..._validate import check_choice, check_positive_int
 from ...backend import array_module
-from .. import tape
+from ._contract import loop_vmap, refuse_double_backward, register
 from ..bridge import check_inputs, device_scope, from_array, to_array
 
 __all__ = ["qcnn_level", "qcnn_level_given_stats", "qcnn_level_with_stats"]
@@ -20,6 +20,8 @@ __all__ = ["qcnn_level", "qcnn_level_given_stats", "qcnn_level_with_stats"]
 def _forward(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,
              running_mean: Optional[Tensor], running_var: Optional[Tensor], window: int,
              eps: float, training: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(out, mean, var, xi)``: ``xi (batch * sites, d_out)`` is the convolution's output
+    before pooling, which the backward takes instead of recomputing it."""
     with device_scope(x):
         xa = to_array(x)
         if training:  # computed here so that the caller gets them for its running averages
@@ -30,27 +32,52 @@ def _forward(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,
         out, saved, _ = fops.qcnn_level_forward(
             xa, to_array(weight), to_array(gamma), to_array(beta), window=window, eps=eps,
             training=training, stats=stats)
-        return from_array(out), from_array(stats[0]), from_array(stats[1]), tape.store(saved)
+        return from_array(out), from_array(stats[0]), from_array(stats[1]), from_array(saved[1])
 
 
 @_forward.register_fake
 def _(x, weight, gamma, beta, running_mean, running_var, window, eps, training):
     out = x.new_empty((x.shape[0], x.shape[1] // window, weight.shape[0]))
     stat = x.new_empty((x.shape[2],), dtype=torch.float64)
-    return out, stat, torch.empty_like(stat), tape.fake_handle()
+    return out, stat, torch.empty_like(stat), _fake_xi(x, weight)
+
+
+def _fake_xi(x, weight):
+    return x.new_empty((x.shape[0] * x.shape[1], weight.shape[0]))
+
+
+def _saved(x, weight, gamma, beta, mean, var, xi, window, eps, training):
+    """fasttn's saved state for the level, rebuilt from its inputs, the statistics and the
+    pre-pooling activations ``xi``: the rest is batch norm folded into the convolution, a
+    pass over ``(d_out, d_in)``."""
+    xa, wa, ga, ba = (to_array(t) for t in (x, weight, gamma, beta))
+    xp = array_module(xa)
+    mean64, var64 = (xp.asarray(to_array(t), np.float64) for t in (mean, var))
+    b, s, d_in = xa.shape
+    d_out = wa.shape[0]
+    x2 = xa.reshape(b * s, d_in)
+    if xp is np:
+        from ...ops.qcnn_level import cpu as impl
+
+        a_w = np.empty((d_out, d_in), xa.dtype)
+        bias = np.empty(d_out, xa.dtype)
+        w, z, inv_std = impl._fold_batch_norm(wa, ga, ba, mean64, var64, float(eps), a_w,
+                                              np.empty((d_in, d_out), xa.dtype), bias)
+        return (x2, to_array(xi), bias, a_w, wa, w, z, mean64, inv_std, window, training,
+                (b, s, d_in))
+    from ...ops.qcnn_level import cuda as impl  # pragma: no cover - needs a GPU
+
+    w, z, inv_std, a_w, _ = impl._fold_batch_norm(xp, wa, ga, ba, mean64, var64, float(eps),
+                                                  xa.dtype)
+    return (x2, to_array(xi), a_w, wa, w, z, mean64, inv_std, window, training, (b, s, d_in))
 
 
 @torch.library.custom_op("fasttn::qcnn_level_backward", mutates_args=())
-def _backward_op(handle: Tensor, x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,
-                 mean: Tensor, var: Tensor, grad_out: Tensor, window: int, eps: float,
+def _backward_op(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor,
+                 var: Tensor, xi: Tensor, grad_out: Tensor, window: int, eps: float,
                  training: bool, need_g_x: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     with device_scope(x):
-        def recompute():
-            return fops.qcnn_level_forward(
-                to_array(x), to_array(weight), to_array(gamma), to_array(beta), window=window,
-                eps=eps, training=training, stats=(to_array(mean), to_array(var)))[1]
-
-        saved = tape.load(handle, recompute)
+        saved = _saved(x, weight, gamma, beta, mean, var, xi, window, eps, training)
         g_x, g_w, g_gamma, g_beta = fops.qcnn_level_backward(saved, to_array(grad_out),
                                                              need_g_x)
         g_x = x.new_empty(0) if g_x is None else from_array(g_x)
@@ -58,27 +85,50 @@ def _backward_op(handle: Tensor, x: Tensor, weight: Tensor, gamma: Tensor, beta:
 
 
 @_backward_op.register_fake
-def _(handle, x, weight, gamma, beta, mean, var, grad_out, window, eps, training, need_g_x):
+def _(x, weight, gamma, beta, mean, var, xi, grad_out, window, eps, training, need_g_x):
     g_x = torch.empty_like(x) if need_g_x else x.new_empty(0)
     return g_x, torch.empty_like(weight), torch.empty_like(gamma), torch.empty_like(beta)
 
 
 def _setup_context(ctx, inputs, output):
     x, weight, gamma, beta, _, _, window, eps, training = inputs
-    _, mean, var, handle = output
-    ctx.save_for_backward(x, weight, gamma, beta, mean, var, handle)
+    _, mean, var, xi = output
+    ctx.mark_non_differentiable(mean, var, xi)
+    ctx.save_for_backward(x, weight, gamma, beta, mean, var, xi)
     ctx.config = (window, eps, training)
 
 
-def _backward(ctx, grad_out, _grad_mean, _grad_var, _grad_handle):
-    x, weight, gamma, beta, mean, var, handle = ctx.saved_tensors
+def _backward(ctx, grad_out, _grad_mean, _grad_var, _grad_xi):
+    x, weight, gamma, beta, mean, var, xi = ctx.saved_tensors
     need_g_x = ctx.needs_input_grad[0]
-    g_x, g_w, g_gamma, g_beta = _backward_op(handle, x, weight, gamma, beta, mean, var,
-                                             grad_out, *ctx.config, need_g_x)
+    g_x, g_w, g_gamma, g_beta = _backward_op(x, weight, gamma, beta, mean, var, xi,
+                                             grad_out.contiguous(), *ctx.config, need_g_x)
     return (g_x if need_g_x else None), g_w, g_gamma, g_beta, None, None, None, None, None
 
 
 _forward.register_autograd(_backward, setup_context=_setup_context)
+refuse_double_backward(_backward_op, "qcnn_level")
+_backward_op.register_vmap(loop_vmap(_backward_op))
+register(_forward)
+register(_backward_op)
+
+
+@_forward.register_vmap
+def _(info, in_dims, x, weight, gamma, beta, running_mean, running_var, window, eps,
+      training):
+    """Under ``torch.func.vmap``: in evaluation with shared parameters the vmapped dimension
+    joins the batch (one call); otherwise (batch statistics are per vmapped sample) one call
+    per index."""
+    x_dim, *other = in_dims[:6]
+    if training or x_dim is None or any(d is not None for d in other):
+        return loop_vmap(_forward)(info, in_dims, x, weight, gamma, beta, running_mean,
+                                   running_var, window, eps, training)
+    x = x.movedim(x_dim, 0)
+    n, b, s, d = x.shape
+    out, mean, var, xi = _forward(x.reshape(n * b, s, d), weight, gamma, beta, running_mean,
+                                  running_var, window, eps, training)
+    return ((out.reshape(n, b, *out.shape[1:]), mean, var, xi.reshape(n, b * s, -1)),
+            (0, None, None, 0))
 
 
 def qcnn_level_with_stats(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,
@@ -163,26 +213,21 @@ def _given_forward(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, mean:
         out, saved, _ = fops.qcnn_level_forward(
             to_array(x), to_array(weight), to_array(gamma), to_array(beta), window=window,
             eps=eps, training=True, stats=(to_array(mean), to_array(var)))
-        return from_array(out), tape.store(saved)
+        return from_array(out), from_array(saved[1])
 
 
 @_given_forward.register_fake
 def _(x, weight, gamma, beta, mean, var, window, eps):
     out = x.new_empty((x.shape[0], x.shape[1] // window, weight.shape[0]))
-    return out, tape.fake_handle()
+    return out, _fake_xi(x, weight)
 
 
 @torch.library.custom_op("fasttn::qcnn_level_given_stats_backward", mutates_args=())
-def _given_backward_op(handle: Tensor, x: Tensor, weight: Tensor, gamma: Tensor,
-                       beta: Tensor, mean: Tensor, var: Tensor, grad_out: Tensor, window: int,
-                       eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _given_backward_op(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor,
+                       var: Tensor, xi: Tensor, grad_out: Tensor, window: int, eps: float
+                       ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     with device_scope(x):
-        def recompute():
-            return fops.qcnn_level_forward(
-                to_array(x), to_array(weight), to_array(gamma), to_array(beta), window=window,
-                eps=eps, training=True, stats=(to_array(mean), to_array(var)))[1]
-
-        saved = tape.load(handle, recompute)
+        saved = _saved(x, weight, gamma, beta, mean, var, xi, window, eps, True)
         g_x, g_w, g_gamma, g_beta, (scale, shift) = fops.qcnn_level_backward(
             saved, to_array(grad_out), True, return_affine=True)
         # fasttn returns the statistics' share of dL/dx as -(scale x + shift) for statistics
@@ -198,25 +243,31 @@ def _given_backward_op(handle: Tensor, x: Tensor, weight: Tensor, gamma: Tensor,
 
 
 @_given_backward_op.register_fake
-def _(handle, x, weight, gamma, beta, mean, var, grad_out, window, eps):
+def _(x, weight, gamma, beta, mean, var, xi, grad_out, window, eps):
     return (torch.empty_like(x), torch.empty_like(weight), torch.empty_like(gamma),
             torch.empty_like(beta), torch.empty_like(mean), torch.empty_like(var))
 
 
 def _given_setup_context(ctx, inputs, output):
     x, weight, gamma, beta, mean, var, window, eps = inputs
+    ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(x, weight, gamma, beta, mean, var, output[1])
     ctx.config = (window, eps)
 
 
-def _given_backward(ctx, grad_out, _grad_handle):
-    x, weight, gamma, beta, mean, var, handle = ctx.saved_tensors
-    grads = _given_backward_op(handle, x, weight, gamma, beta, mean, var, grad_out,
+def _given_backward(ctx, grad_out, _grad_xi):
+    x, weight, gamma, beta, mean, var, xi = ctx.saved_tensors
+    grads = _given_backward_op(x, weight, gamma, beta, mean, var, xi, grad_out.contiguous(),
                                *ctx.config)
     return (*grads, None, None)
 
 
 _given_forward.register_autograd(_given_backward, setup_context=_given_setup_context)
+refuse_double_backward(_given_backward_op, "qcnn_level_given_stats")
+_given_forward.register_vmap(loop_vmap(_given_forward))
+_given_backward_op.register_vmap(loop_vmap(_given_backward_op))
+register(_given_forward)
+register(_given_backward_op)
 
 
 def qcnn_level_given_stats(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,

@@ -7,51 +7,55 @@ import torch
 from torch import Tensor
 
 from ... import ops as fops
-from .. import tape
+from ._contract import loop_vmap, refuse_double_backward, register
 from ..bridge import check_inputs, device_scope, from_array, to_array
 
 __all__ = ["tree_node"]
 
 
 @torch.library.custom_op("fasttn::tree_node", mutates_args=())
-def _forward(x: Tensor, w: Tensor) -> Tuple[Tensor, Tensor]:
+def _forward(x: Tensor, w: Tensor) -> Tensor:
     with device_scope(x):
-        out, saved = fops.tree_node_forward(to_array(x), to_array(w))
-    return from_array(out), tape.store(saved)
+        out, _ = fops.tree_node_forward(to_array(x), to_array(w))
+    return from_array(out)
 
 
 @_forward.register_fake
 def _(x, w):
-    out = x.new_empty((x.shape[0], x.shape[1] // 2, x.shape[2] // 2, w.shape[-1]))
-    return out, tape.fake_handle()
+    return x.new_empty((x.shape[0], x.shape[1] // 2, x.shape[2] // 2, w.shape[-1]))
 
 
 @torch.library.custom_op("fasttn::tree_node_backward", mutates_args=())
-def _backward_op(handle: Tensor, x: Tensor, w: Tensor, grad_out: Tensor, need_g_x: bool
+def _backward_op(x: Tensor, w: Tensor, grad_out: Tensor, need_g_x: bool
                  ) -> Tuple[Tensor, Tensor]:
-    with device_scope(x):
-        saved = tape.load(handle, lambda: fops.tree_node_forward(to_array(x), to_array(w))[1])
-        g_x, g_w = fops.tree_node_backward(saved, to_array(grad_out), need_g_x)
+    with device_scope(x):  # fasttn's saved state is (x, w): nothing to keep
+        g_x, g_w = fops.tree_node_backward((to_array(x), to_array(w)), to_array(grad_out),
+                                           need_g_x)
     return (x.new_empty(0) if g_x is None else from_array(g_x)), from_array(g_w)
 
 
 @_backward_op.register_fake
-def _(handle, x, w, grad_out, need_g_x):
+def _(x, w, grad_out, need_g_x):
     return (torch.empty_like(x) if need_g_x else x.new_empty(0)), torch.empty_like(w)
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs, output[1])
+    ctx.save_for_backward(*inputs)
 
 
-def _backward(ctx, grad_out, _grad_handle):
-    x, w, handle = ctx.saved_tensors
+def _backward(ctx, grad_out):
+    x, w = ctx.saved_tensors
     need_g_x = ctx.needs_input_grad[0]
-    g_x, g_w = _backward_op(handle, x, w, grad_out, need_g_x)
+    g_x, g_w = _backward_op(x, w, grad_out.contiguous(), need_g_x)
     return (g_x if need_g_x else None), g_w
 
 
 _forward.register_autograd(_backward, setup_context=_setup_context)
+refuse_double_backward(_backward_op, "tree_node")
+_forward.register_vmap(loop_vmap(_forward))
+_backward_op.register_vmap(loop_vmap(_backward_op))
+register(_forward)
+register(_backward_op)
 
 
 def tree_node(x: Tensor, w: Tensor) -> Tensor:
@@ -71,4 +75,4 @@ def tree_node(x: Tensor, w: Tensor) -> Tensor:
     out : (batch, H / 2, W / 2, chi)
     """
     check_inputs("tree_node", {"x": x, "w": w})
-    return _forward(x, w)[0]
+    return _forward(x, w)

@@ -1,0 +1,73 @@
+"""What every ``torch.ops.fasttn.*`` op shares to stay inside PyTorch's custom-op contract.
+
+Each op's outputs are functions of its inputs alone: the intermediates a backward needs and
+cannot rebuild cheaply are returned as extra (non-differentiable) outputs and passed to the
+backward op as inputs, and those it can rebuild cheaply (views of the inputs, folded weights)
+are rebuilt there. This module holds the pieces the ops share: the error for an unsupported
+double backward, a batching rule that loops over the vmapped dimension, and the list of
+registered ops.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, List, Sequence
+
+import torch
+
+__all__ = ["OPS", "register", "refuse_double_backward", "loop_vmap"]
+
+#: every ``fasttn::`` custom op defined by fasttn.torch, by qualified name
+OPS: List[str] = []
+
+
+def register(op: Any) -> Any:
+    """Record a custom op in :data:`OPS`; returns it."""
+    OPS.append(op._qualname if hasattr(op, "_qualname") else str(op))
+    return op
+
+
+def refuse_double_backward(op: Any, name: str) -> None:
+    """Give the backward op ``op`` an autograd formula that raises a clear error: fasttn has
+    no second derivative for ``fasttn.<name>``."""
+
+    def _setup(ctx, inputs, output):
+        pass
+
+    def _backward(ctx, *grads):
+        raise NotImplementedError(
+            f"double backward is not supported for fasttn.{name} (its backward is a fused "
+            f"kernel without a derivative of its own); use create_graph=False, or "
+            f"fasttn.torch.mpo_apply / product_pool, which have one")
+
+    op.register_autograd(_backward, setup_context=_setup)
+
+
+def _slice(arg: Any, dim: Any, i: int) -> Any:
+    if dim is None:
+        return arg
+    if isinstance(arg, (list, tuple)):
+        dims = dim if isinstance(dim, (list, tuple)) else [dim] * len(arg)
+        return [_slice(a, d, i) for a, d in zip(arg, dims)]
+    return arg.select(dim, i)
+
+
+def _stack(outs: Sequence[Any]) -> Any:
+    first = outs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(list(outs)), 0
+    stacked = [_stack([o[k] for o in outs]) for k in range(len(first))]
+    values = [s[0] for s in stacked]
+    dims = [s[1] for s in stacked]
+    if isinstance(first, tuple):
+        return tuple(values), tuple(dims)
+    return values, dims
+
+
+def loop_vmap(op: Callable) -> Callable:
+    """A batching rule for ``op``: the op once per index of the vmapped dimension, stacked."""
+
+    def rule(info, in_dims, *args):
+        outs = [op(*(_slice(a, d, i) for a, d in zip(args, in_dims)))
+                for i in range(info.batch_size)]
+        return _stack(outs)
+
+    return rule

@@ -137,12 +137,6 @@ def test_double_backward_refused_clearly(name, rng):
         torch.autograd.grad(sum(g.sum() for g in grads), leaves)
 
 
-_GRAD_XFAIL = pytest.mark.xfail(
-    raises=RuntimeError, strict=True,
-    reason="torch.func.grad through torch.library's register_autograd needs an "
-           "autograd.Function with setup_context around the op (not yet)")
-
-
 def test_vmap_tnlayer():
     torch.manual_seed(0)
     layer = ft.TNLayer(16, 12, n_sites=2, bond_dim=3, dtype=torch.float64)
@@ -163,7 +157,6 @@ def test_vmap_qcnn_level():
         torch.testing.assert_close(torch.func.vmap(f)(xs), torch.stack([f(t) for t in xs]))
 
 
-@_GRAD_XFAIL
 def test_func_grad_and_vmap_tnlayer():
     torch.manual_seed(0)
     layer = ft.TNLayer(16, 12, n_sites=2, bond_dim=3, dtype=torch.float64)
@@ -188,7 +181,6 @@ def test_func_grad_and_vmap_tnlayer():
             torch.testing.assert_close(per[k][i], ref[k])
 
 
-@_GRAD_XFAIL
 def test_func_grad_and_vmap_qcnn_level():
     torch.manual_seed(0)
     layer = ft.QCNNLevel(3, 5, dtype=torch.float64)
@@ -212,3 +204,29 @@ def test_func_grad_and_vmap_qcnn_level():
     f = lambda t: ft.qcnn_level(t, *p)  # noqa: E731
     with torch.no_grad():
         torch.testing.assert_close(torch.func.vmap(f)(xs), torch.stack([f(t) for t in xs]))
+
+
+@pytest.mark.parametrize("name", ["tree_node", "mera_block", "product_pool", "mps_contract",
+                                  "qcnn_level", "qcnn_level_given_stats", "mpo_apply"])
+def test_func_grad_matches_autograd(name, rng):
+    args = _samples(name, rng, torch.float64)[0]
+    idx = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
+    public = {"tree_node": ft.tree_node, "mera_block": ft.mera_block,
+              "product_pool": ft.product_pool,
+              "mps_contract": lambda *a: ft.mps_contract(*a)[0],
+              "qcnn_level": lambda x, w, g, b, *_: ft.qcnn_level(x, w, g, b),
+              "qcnn_level_given_stats": lambda x, w, g, b, m, v, *_: ft.qcnn_level_given_stats(
+                  x, w, g, b, m, v),
+              "mpo_apply": lambda x, cores, m: ft.mpo_apply(x, cores, m)}[name]
+
+    def loss(*leaves):
+        full = list(args)
+        for i, t in zip(idx, leaves):
+            full[i] = t
+        return public(*full).square().sum()
+
+    leaves = [args[i] for i in idx]
+    got = torch.func.grad(loss, argnums=tuple(range(len(leaves))))(*leaves)
+    want = torch.autograd.grad(loss(*leaves), leaves)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)

@@ -25,9 +25,10 @@ def register(op: Any) -> Any:
     return op
 
 
-def refuse_double_backward(op: Any, name: str) -> None:
+def refuse_double_backward(op: Any, name: str) -> type:
     """Give the backward op ``op`` an autograd formula that raises a clear error: fasttn has
-    no second derivative for ``fasttn.<name>``."""
+    no second derivative for ``fasttn.<name>``. Returns the same as an ``autograd.Function``
+    (see :func:`function_for`)."""
 
     def _setup(ctx, inputs, output):
         pass
@@ -39,6 +40,7 @@ def refuse_double_backward(op: Any, name: str) -> None:
             f"fasttn.torch.mpo_apply / product_pool, which have one")
 
     op.register_autograd(_backward, setup_context=_setup)
+    return function_for(f"{name}_backward", op, _setup, _backward)
 
 
 def _slice(arg: Any, dim: Any, i: int) -> Any:
@@ -71,3 +73,23 @@ def loop_vmap(op: Callable) -> Callable:
         return _stack(outs)
 
     return rule
+
+
+def transforms_active() -> bool:
+    """Whether a ``torch.func`` transform (grad, vmap, jacrev, ...) is running."""
+    return torch._C._are_functorch_transforms_active()
+
+
+def function_for(name: str, forward: Callable, setup_context: Callable,
+                 backward: Callable) -> type:
+    """An ``autograd.Function`` with an op's own formulas, for ``torch.func`` transforms.
+
+    torch.library's autograd registration has no ``setup_context`` of its own that functorch
+    can use, so under a transform the public functions call the custom op through this
+    class instead; its vmap rule comes from the op's batching rule."""
+    return type(name, (torch.autograd.Function,), {
+        "generate_vmap_rule": True,
+        "forward": staticmethod(forward),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward),
+    })

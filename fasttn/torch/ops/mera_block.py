@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ... import ops as fops
-from ._contract import loop_vmap, refuse_double_backward, register
+from ._contract import function_for, transforms_active, loop_vmap, refuse_double_backward, register
 from ..bridge import check_inputs, device_scope, from_array, to_array
 
 __all__ = ["mera_block"]
@@ -54,19 +54,24 @@ def _(x, u1, w, u2, top, grad_out):
     return tuple(torch.empty_like(t) for t in (x, u1, w, u2, top))
 
 
+def _backward_fn():
+    return _BackwardFunction.apply if transforms_active() else _backward_op
+
+
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
 def _backward(ctx, grad_out):
-    return _backward_op(*ctx.saved_tensors, grad_out.contiguous())
+    return _backward_fn()(*ctx.saved_tensors, grad_out.contiguous())
 
 
 _forward.register_autograd(_backward, setup_context=_setup_context)
-refuse_double_backward(_backward_op, "mera_block")
+_BackwardFunction = refuse_double_backward(_backward_op, "mera_block")
 _forward.register_vmap(loop_vmap(_forward))
 _backward_op.register_vmap(loop_vmap(_backward_op))
 register(_forward)
+_Function = function_for("MERABlock", _forward, _setup_context, _backward)
 register(_backward_op)
 
 
@@ -93,4 +98,6 @@ def mera_block(x: Tensor, u1: Tensor, w: Tensor, u2: Tensor, top: Tensor) -> Ten
     out : (batch, H / 4, W / 4, d_out)
     """
     check_inputs("mera_block", {"x": x, "u1": u1, "w": w, "u2": u2, "top": top})
+    if transforms_active():
+        return _Function.apply(x, u1, w, u2, top)
     return _forward(x, u1, w, u2, top)

@@ -10,7 +10,7 @@ from torch import Tensor
 from ... import ops as fops
 from ..._validate import check_choice
 from ...ops.mpo import cpu as mpo_cpu
-from ._contract import loop_vmap, register
+from ._contract import function_for, transforms_active, loop_vmap, register
 from ..bridge import check_inputs, device_scope, from_array, to_array
 
 __all__ = ["mpo_apply"]
@@ -84,7 +84,11 @@ def _backward(ctx, grad_out, _grad_pre):
     x, *rest = ctx.saved_tensors
     cores, pre = rest[:ctx.n_cores], rest[ctx.n_cores:]
     need_g_x = ctx.needs_input_grad[0]
-    g_x, *g_cores = _backward_op(x, cores, pre, grad_out.contiguous(), need_g_x)
+    if transforms_active():
+        g_x, *g_cores = _BackwardFunction.apply(x, grad_out.contiguous(), need_g_x, len(cores),
+                                                *cores, *pre)
+    else:
+        g_x, *g_cores = _backward_op(x, cores, pre, grad_out.contiguous(), need_g_x)
     return (g_x if need_g_x else None), g_cores, None
 
 
@@ -146,6 +150,43 @@ def _(info, in_dims, x, cores, method):
 
 
 _backward_op.register_vmap(loop_vmap(_backward_op))
+
+
+def _function_forward(x, method, *cores):
+    y, pre = _forward(x, list(cores), method)
+    return (y, *pre)
+
+
+def _function_setup(ctx, inputs, output):
+    x, method, *cores = inputs
+    _setup_context(ctx, (x, cores, method), (output[0], list(output[1:])))
+
+
+def _function_backward(ctx, grad_out, *_grad_pre):
+    g_x, g_cores, _ = _backward(ctx, grad_out, None)
+    return (g_x, None, *g_cores)
+
+
+_Function = function_for("MPOApply", _function_forward, _function_setup, _function_backward)
+
+
+def _bw_function_forward(x, grad_out, need_g_x, n_cores, *rest):
+    return tuple(_backward_op(x, list(rest[:n_cores]), list(rest[n_cores:]), grad_out,
+                              need_g_x))
+
+
+def _bw_function_setup(ctx, inputs, output):
+    x, grad_out, need_g_x, n_cores, *rest = inputs
+    _double_setup(ctx, (x, rest[:n_cores], rest[n_cores:], grad_out, need_g_x), output)
+
+
+def _bw_function_backward(ctx, *grads):
+    g_x, g_cores, g_pre, g_grad, _ = _double_backward(ctx, list(grads))
+    return (g_x, g_grad, None, None, *g_cores, *g_pre)
+
+
+_BackwardFunction = function_for("MPOApplyBackward", _bw_function_forward, _bw_function_setup,
+                                 _bw_function_backward)
 register(_forward)
 register(_backward_op)
 
@@ -175,4 +216,6 @@ def mpo_apply(x: Tensor, cores: Sequence[Tensor], method: str = "auto") -> Tenso
     cores = list(cores)
     check_inputs("mpo_apply", {"x": x, **{f"cores[{k}]": c for k, c in enumerate(cores)}})
     check_choice("method", method, ("auto", "dense", "network"))
+    if transforms_active():
+        return _Function.apply(x, method, *cores)[0]
     return _forward(x, cores, method)[0]

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ... import ops as fops
-from ._contract import loop_vmap, refuse_double_backward, register
+from ._contract import function_for, transforms_active, loop_vmap, refuse_double_backward, register
 from ..bridge import check_inputs, device_scope, from_array, to_array
 
 __all__ = ["mps_contract"]
@@ -56,6 +56,10 @@ def _(phi, cores, head, lefts, rights, norms, center, g_out, g_log_scale, need_g
             torch.empty_like(cores), torch.empty_like(head))
 
 
+def _backward_fn():
+    return _BackwardFunction.apply if transforms_active() else _backward_op
+
+
 def _setup_context(ctx, inputs, output):
     phi, cores, head, center = inputs
     ctx.center = center
@@ -70,7 +74,7 @@ def _backward(ctx, g_out, g_log_scale, *_g_envs):
     if g_log_scale is None:
         g_log_scale = phi.new_zeros((phi.shape[0],), dtype=torch.float64)
     need_g_phi = ctx.needs_input_grad[0]
-    g_phi, g_cores, g_head = _backward_op(phi, cores, head, lefts, rights, norms, ctx.center,
+    g_phi, g_cores, g_head = _backward_fn()(phi, cores, head, lefts, rights, norms, ctx.center,
                                           g_out.contiguous(),
                                           g_log_scale.to(torch.float64).contiguous(),
                                           need_g_phi)
@@ -78,10 +82,11 @@ def _backward(ctx, g_out, g_log_scale, *_g_envs):
 
 
 _forward.register_autograd(_backward, setup_context=_setup_context)
-refuse_double_backward(_backward_op, "mps_contract")
+_BackwardFunction = refuse_double_backward(_backward_op, "mps_contract")
 _forward.register_vmap(loop_vmap(_forward))
 _backward_op.register_vmap(loop_vmap(_backward_op))
 register(_forward)
+_Function = function_for("MPSContract", _forward, _setup_context, _backward)
 register(_backward_op)
 
 
@@ -106,5 +111,7 @@ def mps_contract(phi: Tensor, cores: Tensor, head: Tensor, center: int
         The chain's exact scores are ``out * exp(log_scale)[:, None]``.
     """
     check_inputs("mps_contract", {"phi": phi, "cores": cores, "head": head})
+    if transforms_active():
+        return tuple(_Function.apply(phi, cores, head, int(center))[:2])
     out, log_scale = _forward(phi, cores, head, int(center))[:2]
     return out, log_scale

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ... import ops as fops
 from ..._validate import check_positive_int
-from ._contract import loop_vmap, register
+from ._contract import function_for, transforms_active, loop_vmap, register
 from ..bridge import check_inputs, device_scope, from_array, to_array
 
 __all__ = ["product_pool"]
@@ -62,7 +62,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     x, = ctx.saved_tensors
-    return _backward_op(x, grad_out.contiguous(), ctx.window), None
+    bw = _BackwardFunction.apply if transforms_active() else _backward_op
+    return bw(x, grad_out.contiguous(), ctx.window), None
 
 
 _forward.register_autograd(_backward, setup_context=_setup_context)
@@ -88,9 +89,12 @@ def _double_backward(ctx, gg_x):
 
 
 _backward_op.register_autograd(_double_backward, setup_context=_double_setup)
+_BackwardFunction = function_for("ProductPoolBackward", _backward_op, _double_setup,
+                                 _double_backward)
 _forward.register_vmap(loop_vmap(_forward))
 _backward_op.register_vmap(loop_vmap(_backward_op))
 register(_forward)
+_Function = function_for("ProductPool", _forward, _setup_context, _backward)
 register(_backward_op)
 
 
@@ -108,4 +112,7 @@ def product_pool(x: Tensor, window: int = 2) -> Tensor:
     out : (batch, sites // window, channels) or (batch, height // 2, width // 2, channels)
     """
     check_inputs("product_pool", {"x": x})
-    return _forward(x, check_positive_int("window", window))
+    window = check_positive_int("window", window)
+    if transforms_active():
+        return _Function.apply(x, window)
+    return _forward(x, window)

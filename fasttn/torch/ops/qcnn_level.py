@@ -10,7 +10,7 @@ from torch import Tensor
 from ... import ops as fops
 from ..._validate import check_choice, check_positive_int
 from ...backend import array_module
-from ._contract import loop_vmap, refuse_double_backward, register
+from ._contract import function_for, transforms_active, loop_vmap, refuse_double_backward, register
 from ..bridge import check_inputs, device_scope, from_array, to_array
 
 __all__ = ["qcnn_level", "qcnn_level_given_stats", "qcnn_level_with_stats"]
@@ -90,6 +90,10 @@ def _(x, weight, gamma, beta, mean, var, xi, grad_out, window, eps, training, ne
     return g_x, torch.empty_like(weight), torch.empty_like(gamma), torch.empty_like(beta)
 
 
+def _backward_fn():
+    return _BackwardFunction.apply if transforms_active() else _backward_op
+
+
 def _setup_context(ctx, inputs, output):
     x, weight, gamma, beta, _, _, window, eps, training = inputs
     _, mean, var, xi = output
@@ -101,15 +105,16 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out, _grad_mean, _grad_var, _grad_xi):
     x, weight, gamma, beta, mean, var, xi = ctx.saved_tensors
     need_g_x = ctx.needs_input_grad[0]
-    g_x, g_w, g_gamma, g_beta = _backward_op(x, weight, gamma, beta, mean, var, xi,
+    g_x, g_w, g_gamma, g_beta = _backward_fn()(x, weight, gamma, beta, mean, var, xi,
                                              grad_out.contiguous(), *ctx.config, need_g_x)
     return (g_x if need_g_x else None), g_w, g_gamma, g_beta, None, None, None, None, None
 
 
 _forward.register_autograd(_backward, setup_context=_setup_context)
-refuse_double_backward(_backward_op, "qcnn_level")
+_BackwardFunction = refuse_double_backward(_backward_op, "qcnn_level")
 _backward_op.register_vmap(loop_vmap(_backward_op))
 register(_forward)
+_Function = function_for("QCNNLevel", _forward, _setup_context, _backward)
 register(_backward_op)
 
 
@@ -176,9 +181,9 @@ def qcnn_level_with_stats(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor
                 got = None if s is None else f"shape {tuple(s.shape)}"
                 raise ValueError(f"{name}: expected a tensor of shape ({d_in},) (the channels "
                                  f"of x) when training=False, got {got}")
-    out, mean, var, _ = _forward(x, weight, gamma, beta, running_mean, running_var,
-                                 check_positive_int("window", window), float(eps),
-                                 bool(training))
+    args = (x, weight, gamma, beta, running_mean, running_var,
+            check_positive_int("window", window), float(eps), bool(training))
+    out, mean, var, _ = _Function.apply(*args) if transforms_active() else _forward(*args)
     return out, mean.detach(), var.detach()
 
 
@@ -257,16 +262,20 @@ def _given_setup_context(ctx, inputs, output):
 
 def _given_backward(ctx, grad_out, _grad_xi):
     x, weight, gamma, beta, mean, var, xi = ctx.saved_tensors
-    grads = _given_backward_op(x, weight, gamma, beta, mean, var, xi, grad_out.contiguous(),
+    grads = (_GivenBackwardFunction.apply if transforms_active() else _given_backward_op)(
+        x, weight, gamma, beta, mean, var, xi, grad_out.contiguous(),
                                *ctx.config)
     return (*grads, None, None)
 
 
 _given_forward.register_autograd(_given_backward, setup_context=_given_setup_context)
-refuse_double_backward(_given_backward_op, "qcnn_level_given_stats")
+_GivenBackwardFunction = refuse_double_backward(_given_backward_op,
+                                                "qcnn_level_given_stats")
 _given_forward.register_vmap(loop_vmap(_given_forward))
 _given_backward_op.register_vmap(loop_vmap(_given_backward_op))
 register(_given_forward)
+_GivenFunction = function_for("QCNNLevelGivenStats", _given_forward,
+                              _given_setup_context, _given_backward)
 register(_given_backward_op)
 
 
@@ -303,5 +312,6 @@ def qcnn_level_given_stats(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tenso
                    else type(s).__name__)
             raise ValueError(f"{name}: expected a float64 tensor of shape ({d_in},) (the "
                              f"channels of x), got {got}")
-    return _given_forward(x, weight, gamma, beta, mean, var,
-                          check_positive_int("window", window), float(eps))[0]
+    args = (x, weight, gamma, beta, mean, var, check_positive_int("window", window),
+            float(eps))
+    return (_GivenFunction.apply if transforms_active() else _given_forward)(*args)[0]

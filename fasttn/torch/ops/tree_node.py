@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ... import ops as fops
-from ._contract import loop_vmap, refuse_double_backward, register
+from ._contract import function_for, transforms_active, loop_vmap, refuse_double_backward, register
 from ..bridge import check_inputs, device_scope, from_array, to_array
 
 __all__ = ["tree_node"]
@@ -39,6 +39,10 @@ def _(x, w, grad_out, need_g_x):
     return (torch.empty_like(x) if need_g_x else x.new_empty(0)), torch.empty_like(w)
 
 
+def _backward_fn():
+    return _BackwardFunction.apply if transforms_active() else _backward_op
+
+
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
@@ -46,15 +50,16 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out):
     x, w = ctx.saved_tensors
     need_g_x = ctx.needs_input_grad[0]
-    g_x, g_w = _backward_op(x, w, grad_out.contiguous(), need_g_x)
+    g_x, g_w = _backward_fn()(x, w, grad_out.contiguous(), need_g_x)
     return (g_x if need_g_x else None), g_w
 
 
 _forward.register_autograd(_backward, setup_context=_setup_context)
-refuse_double_backward(_backward_op, "tree_node")
+_BackwardFunction = refuse_double_backward(_backward_op, "tree_node")
 _forward.register_vmap(loop_vmap(_forward))
 _backward_op.register_vmap(loop_vmap(_backward_op))
 register(_forward)
+_Function = function_for("TreeNode", _forward, _setup_context, _backward)
 register(_backward_op)
 
 
@@ -75,4 +80,6 @@ def tree_node(x: Tensor, w: Tensor) -> Tensor:
     out : (batch, H / 2, W / 2, chi)
     """
     check_inputs("tree_node", {"x": x, "w": w})
+    if transforms_active():
+        return _Function.apply(x, w)
     return _forward(x, w)

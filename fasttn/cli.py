@@ -563,6 +563,10 @@ def _add_train_mera(models: argparse._SubParsersAction) -> None:
                    help="predictions average four copies of each image moved by (+-N, +-N) "
                         "pixels (0: one pass; model default: a quarter of the region stride, "
                         "2, with scanned regions, else 0)")
+    q.add_argument("--stream", action="store_true",
+                   help="needle only: every epoch trains on --n-train fresh canvases (the "
+                        "generator's next layouts of the training split), and the epoch that "
+                        "scores best on a tenth as many held-out canvases is kept")
     q.add_argument("--warm-start", default=None, metavar="MODEL",
                    help="continue training this saved MERA2D (.npz) instead of a new one, "
                         "e.g. a detector fitted on smaller canvases (its tensors read any "
@@ -641,10 +645,13 @@ def _train_mera(args: argparse.Namespace) -> int:
                      verbose=0 if args.quiet else 1)
     print(f"2D MERA on {args.dataset}: {len(y_tr)} train / {len(y_te)} test images of "
           f"{X_tr.shape[1]}x{X_tr.shape[2]}; {model!r}")
-    X_tr, y_tr, validation = _split_validation(args, X_tr, y_tr)
     t0 = time.perf_counter()
-    model.fit(X_tr, y_tr, validation_data=validation, warm_start=bool(args.warm_start),
-              **_epoch_scores(model, validation, X_te, y_te))
+    if args.stream:
+        model = _fit_streamed(model, args, size, len(y_tr))
+    else:
+        X_tr, y_tr, validation = _split_validation(args, X_tr, y_tr)
+        model.fit(X_tr, y_tr, validation_data=validation, warm_start=bool(args.warm_start),
+                  **_epoch_scores(model, validation, X_te, y_te))
     seconds = time.perf_counter() - t0
     print(f"parameters {model.n_params_}  levels {model.n_levels_}  train time {seconds:.1f} s  "
           f"test accuracy {model.score(X_te, y_te):.4f}")
@@ -652,6 +659,40 @@ def _train_mera(args: argparse.Namespace) -> int:
         model.save(args.out)
         print(f"saved {args.out}")
     return 0
+
+
+def _fit_streamed(model, args: argparse.Namespace, size: int, n: int):
+    """``--stream``: epoch ``k`` is one pass over canvases ``k n .. (k + 1) n - 1`` of the
+    training split's generator (fresh layouts; the needles cycle through the split's
+    images), each a warm-started ``fit`` of one epoch; the held-out canvases are another
+    seed's layouts of the same split (a tenth as many), and the model of the epoch that
+    scores best on them is returned."""
+    import copy
+
+    from fasttn.data import needle_mnist
+
+    if args.dataset != "needle":
+        raise ValueError(f"--stream: fresh canvases come from the needle generator; got "
+                         f"--dataset {args.dataset}")
+    if args.val_split:
+        raise ValueError("--stream: holds out its own canvases; drop --val-split")
+    kw = dict(size=size, source=args.needle_source, target=args.needle_target,
+              data_dir=args.data_dir)
+    epochs = model.epochs
+    held = needle_mnist(split="train", count=max(n // 10, 2), seed=args.seed + 1,
+                        **kw).arrays()
+    stream = needle_mnist(split="train", count=n * epochs, seed=args.seed, **kw)
+    model.set_params(early_stopping=False)
+    best, best_score = None, -1.0
+    for k, (X, y) in enumerate(stream.batches(n)):
+        model.fit(X, y, warm_start=k > 0 or bool(args.warm_start), epochs=1,
+                  validation_data=held)
+        score = model.history_[-1]["val_accuracy"]
+        if score > best_score:
+            best, best_score = copy.deepcopy(model), score
+    print(f"streamed {epochs} x {n} canvases; best held-out accuracy {best_score:.4f} "
+          f"(epoch {best.history_[-1]['epoch']})")
+    return best
 
 
 def _train_qcnn(args: argparse.Namespace) -> int:

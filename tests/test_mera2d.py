@@ -331,6 +331,33 @@ def test_cli_warm_start_continues_a_detector_on_larger_canvases(tmp_path, capsys
     assert "expected a saved MERA2D" in capsys.readouterr().err
 
 
+def test_cli_stream_trains_each_epoch_on_fresh_canvases(tmp_path, capsys, monkeypatch):
+    from fasttn.cli import main
+    from fasttn.data import needle
+
+    seen = []
+    batch = needle.NeedleMNIST._batch
+
+    def spy(self, indices):
+        seen.append((self.seed, int(indices.min()), int(indices.max())))
+        return batch(self, indices)
+
+    monkeypatch.setattr(needle.NeedleMNIST, "_batch", spy)
+    out = tmp_path / "s.npz"
+    assert main(["train", "mera", "--dataset", "needle", "--size", "64", "--window", "16",
+                 "--chi", "2", "--n-train", "12", "--n-test", "6", "--epochs", "3", "--stream",
+                 "--quiet", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "streamed 3 x 12 canvases; best held-out accuracy" in text
+    # epochs drew canvases 0-11, 12-23, 24-35 of the training stream (seed 0)
+    drawn = sorted({(lo, hi) for seed, lo, hi in seen if seed == 0 and hi >= 12})
+    assert (12, 23) in drawn and (24, 35) in drawn
+    m = fasttn.load(out)
+    assert 1 <= len(m.history_) <= 3 and all("val_accuracy" in r for r in m.history_)
+    assert main(["train", "mera", "--stream", "--epochs", "1", "--quiet"]) == 2
+    assert "--stream: fresh canvases come from the needle generator" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("shape", [(7, 3), (3, 7), (5, 5)])
 def test_polar_retraction_is_scipys_polar_factor(rng, shape):
     import scipy.linalg

@@ -230,3 +230,48 @@ def test_func_grad_matches_autograd(name, rng):
     want = torch.autograd.grad(loss(*leaves), leaves)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+# ------------------------------------------------------------------------ mixed precision
+@pytest.mark.parametrize("low", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_inputs_computed_in_float32(low, rng):
+    """bf16 / fp16 tensors are computed in float32 and come back in their dtype; the error
+    against float64 is the rounding of inputs and output (README: < 1e-2 bf16, < 2e-3 fp16,
+    mera_block's eighth-order products 5e-2 in bf16)."""
+    tol = 1e-2 if low == torch.bfloat16 else 2e-3
+    x, cores = _mpo(rng, torch.float64, True)
+    ref = ft.mpo_apply(x, cores)
+    out = ft.mpo_apply(x.to(low), [c.to(low) for c in cores])
+    assert out.dtype == low
+    assert (out.double() - ref).abs().max() <= tol * ref.abs().max()
+    xl = x.detach().to(low).requires_grad_()
+    ft.mpo_apply(xl, [c.detach().to(low) for c in cores]).sum().backward()
+    assert xl.grad.dtype == low
+    p = _r(rng, 3, 8, 4, dtype=torch.float64, pos=True)
+    ref = ft.product_pool(p)
+    assert (ft.product_pool(p.to(low)).double() - ref).abs().max() <= tol * ref.abs().max()
+
+
+def test_cnntn_bf16_autocast_training_step():
+    """A training step of the CNN + TNLayer model under torch.autocast(bfloat16) on the CPU:
+    its loss within 2e-3 (relative) of float32's, and its gradients close too."""
+    torch.manual_seed(0)
+    model = ft.CNNTN(channels=(4, 8, 8), tn_units=16, n_sites=2, bond_dim=3)
+    images, labels = torch.rand(16, 28, 28), torch.randint(0, 10, (16,))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn(model(images).float(), labels)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    loss32, grads32 = step()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss16, grads16 = step()
+    assert abs(loss16.item() - loss32.item()) <= 2e-3 * abs(loss32.item())
+    g32 = torch.cat([g.flatten() for g in grads32])
+    g16 = torch.cat([g.float().flatten() for g in grads16])
+    assert torch.isfinite(g16).all()
+    assert (g16 - g32).norm() <= 0.1 * g32.norm()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()  # the step itself runs

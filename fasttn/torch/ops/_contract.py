@@ -93,3 +93,52 @@ def function_for(name: str, forward: Callable, setup_context: Callable,
         "setup_context": staticmethod(setup_context),
         "backward": staticmethod(backward),
     })
+
+
+#: dtypes fasttn's kernels do not take: computed in float32 (float32 accumulation)
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _map_tensors(value: Any, fn: Callable) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    return value
+
+
+def _low_dtype(values: Sequence[Any]) -> Any:
+    found = []
+    _map_tensors(list(values), lambda t: found.append(t.dtype) or t)
+    low = [d for d in found if d in LOW_PRECISION]
+    return low[0] if low else None
+
+
+def mixed_precision(fn: Callable) -> Callable:
+    """Let a public op take bfloat16 / float16 tensors: they are cast to float32, fasttn
+    computes (and accumulates) in float32, and the float32 results are cast back to the low
+    dtype, or left float32 under ``torch.autocast`` (the autocast policy of an op that runs
+    in float32). Float64 arguments and results (statistics, log-scales) are left alone.
+    Gradients flow through the casts."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        low = _low_dtype(list(args) + list(kwargs.values()))
+        if low is None:
+            return fn(*args, **kwargs)
+        up = lambda t: t.float() if t.dtype in LOW_PRECISION else t  # noqa: E731
+        out = fn(*(_map_tensors(a, up) for a in args),
+                 **{k: _map_tensors(v, up) for k, v in kwargs.items()})
+        device = _first_device(args)
+        if torch.is_autocast_enabled(device):
+            return out
+        return _map_tensors(out, lambda t: t.to(low) if t.dtype == torch.float32 else t)
+
+    return wrapper
+
+
+def _first_device(args: Sequence[Any]) -> str:
+    found = []
+    _map_tensors(list(args), lambda t: found.append(t.device.type) or t)
+    return found[0] if found else "cpu"

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ... import ops as fops
-from ._contract import function_for, transforms_active, loop_vmap, refuse_double_backward, register
+from ._contract import mixed_precision, function_for, transforms_active, loop_vmap, refuse_double_backward, register
 from ..bridge import check_inputs, device_scope, from_array, to_array
 
 __all__ = ["mera_block"]
@@ -75,6 +75,7 @@ _Function = function_for("MERABlock", _forward, _setup_context, _backward)
 register(_backward_op)
 
 
+@mixed_precision
 def mera_block(x: Tensor, u1: Tensor, w: Tensor, u2: Tensor, top: Tensor) -> Tensor:
     """The exact 2D MERA block on every 4x4 block of a grid (:func:`fasttn.ops.mera_block`),
     differentiable in every argument.

@@ -10,7 +10,7 @@ from torch import Tensor
 from ... import ops as fops
 from ..._validate import check_choice
 from ...ops.mpo import cpu as mpo_cpu
-from ._contract import function_for, transforms_active, loop_vmap, register
+from ._contract import mixed_precision, function_for, transforms_active, loop_vmap, register
 from ..bridge import check_inputs, device_scope, from_array, to_array
 
 __all__ = ["mpo_apply"]
@@ -191,6 +191,7 @@ register(_forward)
 register(_backward_op)
 
 
+@mixed_precision
 def mpo_apply(x: Tensor, cores: Sequence[Tensor], method: str = "auto") -> Tensor:
     """``x @ W`` for the matrix product operator ``W`` held as ``cores``
     (:func:`fasttn.ops.mpo_apply`), differentiable in ``x`` and every core.

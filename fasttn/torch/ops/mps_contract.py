@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ... import ops as fops
-from ._contract import function_for, transforms_active, loop_vmap, refuse_double_backward, register
+from ._contract import mixed_precision, function_for, transforms_active, loop_vmap, refuse_double_backward, register
 from ..bridge import check_inputs, device_scope, from_array, to_array
 
 __all__ = ["mps_contract"]
@@ -90,6 +90,7 @@ _Function = function_for("MPSContract", _forward, _setup_context, _backward)
 register(_backward_op)
 
 
+@mixed_precision
 def mps_contract(phi: Tensor, cores: Tensor, head: Tensor, center: int
                  ) -> Tuple[Tensor, Tensor]:
     """An MPS classifier's chain contracted per sample (:func:`fasttn.ops.mps_contract`),

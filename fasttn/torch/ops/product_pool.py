@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ... import ops as fops
 from ..._validate import check_positive_int
-from ._contract import function_for, transforms_active, loop_vmap, register
+from ._contract import mixed_precision, function_for, transforms_active, loop_vmap, register
 from ..bridge import check_inputs, device_scope, from_array, to_array
 
 __all__ = ["product_pool"]
@@ -98,6 +98,7 @@ _Function = function_for("ProductPool", _forward, _setup_context, _backward)
 register(_backward_op)
 
 
+@mixed_precision
 def product_pool(x: Tensor, window: int = 2) -> Tensor:
     """Same-channel product over windows (:func:`fasttn.ops.product_pool`), differentiable.
 

@@ -10,7 +10,7 @@ from torch import Tensor
 from ... import ops as fops
 from ..._validate import check_choice, check_positive_int
 from ...backend import array_module
-from ._contract import function_for, transforms_active, loop_vmap, refuse_double_backward, register
+from ._contract import mixed_precision, function_for, transforms_active, loop_vmap, refuse_double_backward, register
 from ..bridge import check_inputs, device_scope, from_array, to_array
 
 __all__ = ["qcnn_level", "qcnn_level_given_stats", "qcnn_level_with_stats"]
@@ -136,6 +136,7 @@ def _(info, in_dims, x, weight, gamma, beta, running_mean, running_var, window, 
             (0, None, None, 0))
 
 
+@mixed_precision
 def qcnn_level_with_stats(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,
                           window: int = 2, eps: float = 1e-5, training: bool = True,
                           running_mean: Optional[Tensor] = None,
@@ -279,6 +280,7 @@ _GivenFunction = function_for("QCNNLevelGivenStats", _given_forward,
 register(_given_backward_op)
 
 
+@mixed_precision
 def qcnn_level_given_stats(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,
                            mean: Tensor, var: Tensor, window: int = 2, eps: float = 1e-5
                            ) -> Tensor:

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ... import ops as fops
-from ._contract import function_for, transforms_active, loop_vmap, refuse_double_backward, register
+from ._contract import mixed_precision, function_for, transforms_active, loop_vmap, refuse_double_backward, register
 from ..bridge import check_inputs, device_scope, from_array, to_array
 
 __all__ = ["tree_node"]
@@ -63,6 +63,7 @@ _Function = function_for("TreeNode", _forward, _setup_context, _backward)
 register(_backward_op)
 
 
+@mixed_precision
 def tree_node(x: Tensor, w: Tensor) -> Tensor:
     """Every 2x2 block of a grid contracted to one site by its own tensor
     (:func:`fasttn.ops.tree_node`), differentiable.

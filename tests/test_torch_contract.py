@@ -275,3 +275,18 @@ def test_cnntn_bf16_autocast_training_step():
     assert torch.isfinite(g16).all()
     assert (g16 - g32).norm() <= 0.1 * g32.norm()
     torch.optim.SGD(model.parameters(), lr=0.1).step()  # the step itself runs
+
+
+@pytest.mark.parametrize("name", ["tree_node", "mera_block", "product_pool", "mps_contract",
+                                  "qcnn_level_given_stats"])
+def test_vmap_matches_a_loop(name, rng):
+    args = [a.detach() if isinstance(a, torch.Tensor) else a
+            for a in _samples(name, rng, torch.float64)[0]]
+    x = torch.stack([args[0], args[0] * 0.5 + 0.25])
+    public = {"tree_node": ft.tree_node, "mera_block": ft.mera_block,
+              "product_pool": ft.product_pool,
+              "mps_contract": lambda *a: ft.mps_contract(*a)[0],
+              "qcnn_level_given_stats": lambda x, w, g, b, m, v, *_: ft.qcnn_level_given_stats(
+                  x, w, g, b, m, v)}[name]
+    f = lambda t: public(t, *args[1:])  # noqa: E731
+    torch.testing.assert_close(torch.func.vmap(f)(x), torch.stack([f(t) for t in x]))

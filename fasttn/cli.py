@@ -248,7 +248,6 @@ def _add_train_mps(models: argparse._SubParsersAction) -> None:
 
 
 def _train_mps(args: argparse.Namespace) -> int:
-    import json
     import time
 
     import fasttn
@@ -277,7 +276,15 @@ def _train_mps(args: argparse.Namespace) -> int:
                               title=f"MPS DMRG on {args.dataset}: bond dimensions "
                                     f"(cutoff {args.cutoff:g})")
             print(f"wrote {args.bond_plot}")
+    _write_history_and_model(args, model)
+    return 0
+
+
+def _write_history_and_model(args: argparse.Namespace, model) -> None:
+    """``--history`` (the per-epoch records as JSON, written atomically) and ``--out``."""
     if args.history:
+        import json
+
         from fasttn._atomic import atomic_file
 
         with atomic_file(args.history) as tmp:
@@ -286,7 +293,6 @@ def _train_mps(args: argparse.Namespace) -> int:
     if args.out:
         model.save(args.out)
         print(f"saved {args.out}")
-    return 0
 
 
 def _add_train_torch(models: argparse._SubParsersAction) -> None:
@@ -420,7 +426,6 @@ def _image_task(args: argparse.Namespace, size=_DEFAULT_SIZE):
 
 
 def _train_ttn(args: argparse.Namespace) -> int:
-    import json
     import time
 
     import fasttn
@@ -444,15 +449,7 @@ def _train_ttn(args: argparse.Namespace) -> int:
     if args.solver == "sweep":
         print(f"isometry error per level: "
               + " ".join(f"{e:.1e}" for e in model.isometry_errors()))
-    if args.history:
-        from fasttn._atomic import atomic_file
-
-        with atomic_file(args.history) as tmp:
-            with open(tmp, "w") as f:
-                json.dump(model.history_, f, indent=1)
-    if args.out:
-        model.save(args.out)
-        print(f"saved {args.out}")
+    _write_history_and_model(args, model)
     return 0
 
 

@@ -135,6 +135,16 @@ def save_sample_grid(images: np.ndarray, labels: Sequence[int] | np.ndarray,
     return path
 
 
+def _save_line_figure(fig, path: str | os.PathLike, title: str | None, dpi: int) -> Path:
+    """Title, tight layout and an atomic PNG write: the end of every line-plot figure."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return Path(path)
+
+
 def save_sweep_curves(histories: Mapping[str, Sequence[Mapping]], path: str | os.PathLike, *,
                       title: str | None = None, dpi: int = 100) -> Path:
     """Loss and bond entanglement entropy against sweeps, one curve per run (e.g. per bond
@@ -165,12 +175,7 @@ def save_sweep_curves(histories: Mapping[str, Sequence[Mapping]], path: str | os
     ax_ent.set_ylabel("entanglement entropy S (middle bond)")
     ax_loss.legend()
     ax_ent.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
-    return Path(path)
+    return _save_line_figure(fig, path, title, dpi)
 
 
 def save_bond_history(bond_history, path: str | os.PathLike, *, max_bond: int | None = None,
@@ -208,12 +213,7 @@ def save_bond_history(bond_history, path: str | os.PathLike, *, max_bond: int | 
     ax_prof.set_xlabel("bond (between sites k and k+1)")
     ax_prof.set_ylabel("bond dimension")
     ax_prof.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
-    return Path(path)
+    return _save_line_figure(fig, path, title, dpi)
 
 
 def _class_colors(n_classes: int):

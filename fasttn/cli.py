@@ -561,9 +561,10 @@ def _add_train_mera(models: argparse._SubParsersAction) -> None:
                         "pixels (0: one pass; model default: a quarter of the region stride, "
                         "2, with scanned regions, else 0)")
     q.add_argument("--stream", action="store_true",
-                   help="needle only: every epoch trains on --n-train fresh canvases (the "
-                        "generator's next layouts of the training split), and the epoch that "
-                        "scores best on a tenth as many held-out canvases is kept")
+                   help="needle only: every epoch trains on --n-train (default 3000) fresh "
+                        "canvases (the generator's next layouts of the training split), and "
+                        "the epoch that scores best on a tenth as many held-out canvases is "
+                        "kept")
     q.add_argument("--warm-start", default=None, metavar="MODEL",
                    help="continue training this saved MERA2D (.npz) instead of a new one, "
                         "e.g. a detector fitted on smaller canvases (its tensors read any "
@@ -580,6 +581,9 @@ def _add_train_mera(models: argparse._SubParsersAction) -> None:
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=_train_mera)
 
+
+#: Canvases per streamed epoch when ``--stream`` has no ``--n-train``.
+_STREAM_EPOCH = 3000
 
 #: ``fasttn train mera`` options that shape the network (not allowed with --warm-start).
 _MERA_SHAPE_OPTIONS = ("paper", "chi", "bond", "unshared", "patch", "window", "feature_map",
@@ -607,7 +611,12 @@ def _train_mera(args: argparse.Namespace) -> int:
     from fasttn.data import load_task
 
     size = args.size or (64 if args.dataset == "needle" else 16)
-    X_tr, y_tr, X_te, y_te = load_task(args.dataset, size=size, n_train=args.n_train,
+    if args.stream and args.dataset != "needle":
+        raise ValueError(f"--stream: fresh canvases come from the needle generator; got "
+                         f"--dataset {args.dataset}")
+    # streamed epochs draw their own canvases: no training split is built
+    X_tr, y_tr, X_te, y_te = load_task(args.dataset, size=size,
+                                       n_train=1 if args.stream else args.n_train,
                                        n_test=args.n_test, data_dir=args.data_dir,
                                        seed=args.seed, **_needle_kwargs(args))
     given = {name: getattr(args, name) for name in (
@@ -640,11 +649,12 @@ def _train_mera(args: argparse.Namespace) -> int:
         make = fasttn.MERA2D.paper if args.paper else fasttn.MERA2D
         model = make(**params, dtype=args.dtype, device=args.device, random_state=args.seed,
                      verbose=0 if args.quiet else 1)
-    print(f"2D MERA on {args.dataset}: {len(y_tr)} train / {len(y_te)} test images of "
-          f"{X_tr.shape[1]}x{X_tr.shape[2]}; {model!r}")
+    n_train = (args.n_train or _STREAM_EPOCH) if args.stream else len(y_tr)
+    print(f"2D MERA on {args.dataset}: {n_train} train{' per epoch' * args.stream} / "
+          f"{len(y_te)} test images of {X_tr.shape[1]}x{X_tr.shape[2]}; {model!r}")
     t0 = time.perf_counter()
     if args.stream:
-        model = _fit_streamed(model, args, size, len(y_tr))
+        model = _fit_streamed(model, args, size, n_train)
     else:
         X_tr, y_tr, validation = _split_validation(args, X_tr, y_tr)
         model.fit(X_tr, y_tr, validation_data=validation, warm_start=bool(args.warm_start),
@@ -668,9 +678,6 @@ def _fit_streamed(model, args: argparse.Namespace, size: int, n: int):
 
     from fasttn.data import needle_mnist
 
-    if args.dataset != "needle":
-        raise ValueError(f"--stream: fresh canvases come from the needle generator; got "
-                         f"--dataset {args.dataset}")
     if args.val_split:
         raise ValueError("--stream: holds out its own canvases; drop --val-split")
     kw = dict(size=size, source=args.needle_source, target=args.needle_target,

@@ -348,6 +348,7 @@ def test_cli_stream_trains_each_epoch_on_fresh_canvases(tmp_path, capsys, monkey
                  "--chi", "2", "--n-train", "12", "--n-test", "6", "--epochs", "3", "--stream",
                  "--quiet", "--out", str(out)]) == 0
     text = capsys.readouterr().out
+    assert "12 train per epoch / 6 test" in text
     assert "streamed 3 x 12 canvases; best held-out accuracy" in text
     # epochs drew canvases 0-11, 12-23, 24-35 of the training stream (seed 0)
     drawn = sorted({(lo, hi) for seed, lo, hi in seen if seed == 0 and hi >= 12})

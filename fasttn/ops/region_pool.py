@@ -8,8 +8,8 @@ onto the grid. ``lse_pool`` pools per-position class scores ``z (n, R, C)`` into
 scores ``log(mean_r exp z[:, r, c])``: a smooth maximum over positions (an object anywhere
 raises its class's score), divided by the number of positions so that a score keeps its
 meaning on any canvas size. ``translate`` shows an image to the fixed grid of positions at
-another offset, and ``mean_log_softmax`` averages the predictions of such copies. Plain NumPy (or CuPy) array expressions: these are the
-reference and the fast path at once.
+another offset, and ``mean_log_softmax`` averages the predictions of such copies. Plain
+NumPy (or CuPy) array expressions: these are the reference and the fast path at once.
 """
 from __future__ import annotations
 
